@@ -1,0 +1,29 @@
+"""Shared test fixtures: where the real survey data lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+DATA_DIR = SHARED_DIR / "data"
+HIPS_DIR = DATA_DIR / "hips"
+FITS_DIR = DATA_DIR / "fits"
+
+
+@pytest.fixture(scope="session")
+def hips_dir() -> Path:
+    """Folder of real CDS HiPS tile sets (``../shared/data/hips``)."""
+    if not HIPS_DIR.is_dir():
+        pytest.fail(f"shared test data missing: {HIPS_DIR}")
+    return HIPS_DIR
+
+
+@pytest.fixture(scope="session")
+def fits_dir() -> Path:
+    """Folder of real images with a celestial WCS (``../shared/data/fits``)."""
+    if not FITS_DIR.is_dir():
+        pytest.fail(f"shared test data missing: {FITS_DIR}")
+    return FITS_DIR
