@@ -1,0 +1,227 @@
+"""Output geometry: the WCS and size of the image to render.
+
+Two ways in: a field (centre, field of view, size, projection, rotation), built the way
+hips2fits does but with the reference pixel at the exact image centre; or a full FITS
+header (any projection wcslib accepts).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from .errors import GeometryError, InvalidWCSError
+from .frames import frame_of_wcs, normalize_frame
+
+#: Default limits; the service passes its own from configuration.
+DEFAULT_MAX_SIDE = 8192
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+#: Projection codes wcslib knows (Calabretta & Greisen 2002, plus HPX/XPH).
+WCSLIB_PROJECTIONS = (
+    "AZP SZP TAN STG SIN ARC ZPN ZEA AIR CYP CEA CAR MER SFL PAR MOL AIT COP COE COD COO "
+    "BON PCO TSC CSC QSC HPX XPH"
+).split()
+
+_CTYPES = {
+    "icrs": ("RA--", "DEC-"),
+    "fk5": ("RA--", "DEC-"),
+    "galactic": ("GLON", "GLAT"),
+    "ecliptic": ("ELON", "ELAT"),
+}
+
+
+@dataclass(frozen=True)
+class OutputGeometry:
+    """The output image: a 2-D celestial WCS and a size in pixels.
+
+    Attributes
+    ----------
+    wcs : astropy.wcs.WCS
+        Celestial WCS; pixel (0, 0) is the bottom-left pixel's centre (FITS order).
+    width, height : int
+        Image size [pixels].
+    frame : str
+        Frame of the WCS world coordinates (``icrs``, ``fk5``, ``galactic``, ``ecliptic``).
+    """
+
+    wcs: WCS = field(compare=False)
+    width: int
+    height: int
+    frame: str
+
+    @property
+    def projection(self) -> str:
+        return self.wcs.wcs.ctype[0][5:8].strip("-").upper()
+
+    @property
+    def pixel_scale_deg(self) -> float:
+        """Finest pixel side at the reference point [deg]."""
+        return float(np.min(proj_plane_pixel_scales(self.wcs)))
+
+    @property
+    def n_pixels(self) -> int:
+        return self.width * self.height
+
+    def header(self) -> fits.Header:
+        """FITS header of the output image (WCS keywords plus NAXIS1/NAXIS2)."""
+        hdr = fits.Header()
+        hdr["NAXIS"] = 2
+        hdr["NAXIS1"] = self.width
+        hdr["NAXIS2"] = self.height
+        hdr.update(self.wcs.to_header())
+        return hdr
+
+    def wcs_keywords(self) -> dict[str, Any]:
+        """WCS keywords as a JSON-friendly dict (for the ``X-WCS`` response header)."""
+        out: dict[str, Any] = {}
+        for key, value in self.header().items():
+            if key in ("COMMENT", "HISTORY", ""):
+                continue
+            out[key] = value.item() if isinstance(value, np.generic) else value
+        return out
+
+    def center_world(self) -> tuple[float, float]:
+        """World coordinates of the image centre [deg], in the WCS frame."""
+        lon, lat = self.wcs.wcs_pix2world([(self.width - 1) / 2], [(self.height - 1) / 2], 0)
+        return float(lon[0]), float(lat[0])
+
+
+def _check_size(width: Any, height: Any, max_side: int, max_pixels: int) -> tuple[int, int]:
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if not (isinstance(value, float) and value.is_integer()):
+                raise GeometryError(f"{name} must be a whole number of pixels, got {value!r}")
+        if not 1 <= int(value) <= max_side:
+            raise GeometryError(f"{name} must be between 1 and {max_side} pixels, got {value!r}")
+    width, height = int(width), int(height)
+    if width * height > max_pixels:
+        raise GeometryError(f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
+    return width, height
+
+
+def _finite(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise GeometryError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise GeometryError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def make_geometry(
+    ra: float,
+    dec: float,
+    fov_deg: float,
+    width: int,
+    height: int,
+    projection: str = "TAN",
+    rotation_deg: float = 0.0,
+    frame: str = "icrs",
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> OutputGeometry:
+    """Geometry of a field centred on (ra, dec).
+
+    Parameters
+    ----------
+    ra, dec : float
+        Centre [deg] in ``frame`` (longitude, latitude: for ``galactic`` these are l, b).
+    fov_deg : float
+        Field of view along the larger side [deg], in (0, 360].
+    width, height : int
+        Image size [pixels].
+    projection : str
+        wcslib projection code (TAN, SIN, AIT, MOL, CAR, ZEA, STG, ...).
+    rotation_deg : float
+        Rotation of the sky on the image [deg], the FITS ``CROTA2`` convention: positive
+        turns north from +y towards −x (east), i.e. counter-clockwise as displayed.
+    frame : str
+        Frame of the centre and of the output WCS.
+
+    Notes
+    -----
+    The pixel scale is ``fov_deg / max(width, height)``, square pixels, east left (CDELT1
+    < 0) and north up. CRPIX is the exact image centre ``((w + 1) / 2, (h + 1) / 2)``.
+    """
+    ra = _finite("ra", ra)
+    dec = _finite("dec", dec)
+    fov_deg = _finite("fov", fov_deg)
+    rotation_deg = _finite("rotation", rotation_deg)
+    if not -90.0 <= dec <= 90.0:
+        raise GeometryError(f"dec must be within [-90, 90] degrees, got {dec}")
+    if not 0.0 < fov_deg <= 360.0:
+        raise GeometryError(f"fov must be within (0, 360] degrees, got {fov_deg}")
+    width, height = _check_size(width, height, max_side, max_pixels)
+    code = str(projection).strip().upper()
+    if code not in WCSLIB_PROJECTIONS:
+        raise GeometryError(
+            f"unknown projection {projection!r}; expected a wcslib code such as TAN, SIN, AIT"
+        )
+    frame = normalize_frame(frame)
+    lon_prefix, lat_prefix = _CTYPES[frame]
+    scale = fov_deg / max(width, height)
+    w = WCS(naxis=2)
+    w.wcs.ctype = [f"{lon_prefix}-{code}", f"{lat_prefix}-{code}"]
+    w.wcs.crval = [ra % 360.0, dec]
+    w.wcs.crpix = [(width + 1) / 2.0, (height + 1) / 2.0]
+    w.wcs.cdelt = [-scale, scale]
+    if rotation_deg:
+        rho = math.radians(rotation_deg)
+        c, s = math.cos(rho), math.sin(rho)
+        # CROTA2 → PC with CDELT1 = −CDELT2 (Calabretta & Greisen 2002, eq. 188).
+        w.wcs.pc = [[c, s], [-s, c]]
+    if frame == "icrs":
+        w.wcs.radesys = "ICRS"
+    elif frame == "fk5":
+        w.wcs.radesys = "FK5"
+        w.wcs.equinox = 2000.0
+    _set_or_raise(w)
+    return OutputGeometry(wcs=w, width=width, height=height, frame=frame)
+
+
+def _set_or_raise(w: WCS) -> None:
+    try:
+        w.wcs.set()
+    except Exception as exc:  # wcslib raises several private types
+        raise GeometryError(f"invalid WCS: {exc}") from None
+
+
+def geometry_from_header(
+    header: Mapping[str, Any] | fits.Header,
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> OutputGeometry:
+    """Geometry from a FITS header (dict of keywords or astropy Header) with NAXIS1/NAXIS2.
+
+    The celestial part of the WCS is taken, so a stray third axis is harmless.
+    """
+    from .wcsinfo import wcs_from_header
+
+    try:
+        wcs, width, height = wcs_from_header(header)
+    except InvalidWCSError:
+        raise
+    width, height = _check_size(width, height, max_side, max_pixels)
+    return OutputGeometry(wcs=wcs, width=width, height=height, frame=frame_of_wcs(wcs))
+
+
+def header_from_mapping(mapping: Mapping[str, Any]) -> fits.Header:
+    """A FITS Header from a dict of keywords (JSON values), silently fixing nothing."""
+    hdr = fits.Header()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        for key, value in mapping.items():
+            hdr[str(key).upper()] = value
+    return hdr
