@@ -1,0 +1,124 @@
+"""Application configuration: the ``args`` of ``graph:build_app``, validated by pydantic.
+
+Every knob an operator may turn lives here and in ``serve_config.yaml``; deployments read
+nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class SurveyConfig(BaseModel):
+    """One survey of the catalogue: an http(s) HiPS root or a local HiPS directory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url: str
+    epoch: str | None = None
+    aliases: list[str] = Field(default_factory=list, description="other names, e.g. a creator_did")
+
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if v.startswith(("http://", "https://")):
+            return v.rstrip("/")
+        return str(Path(os.path.expandvars(v)).expanduser().resolve())
+
+    @property
+    def is_local(self) -> bool:
+        return not self.url.startswith(("http://", "https://"))
+
+
+class LimitsConfig(BaseModel):
+    """Limits enforced on every request (4xx past them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_width: int = 4096
+    max_height: int = 4096
+    max_pixels: int = 4096 * 4096
+    max_fov_deg: float = 360.0
+    max_tiles: int = 256
+    max_tile_bytes: int = 8 * 1024 * 1024
+    max_tile_pixels: int = 2048 * 2048
+    max_header_keys: int = 500
+    max_body_bytes: int = 1024 * 1024
+
+
+class UpstreamConfig(BaseModel):
+    """How tiles are fetched from upstream HiPS servers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 5.0
+    retries: int = 2
+    backoff_s: float = 0.1
+    per_host_concurrency: int = 16
+    probe_cache_s: float = 5.0
+    request_deadline_s: float = 5.0
+
+
+class CacheConfig(BaseModel):
+    """The shared tile cache in Ray's object store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    name: str = "skyrender-tile-cache"
+    max_bytes: int = 512 * 1024 * 1024
+
+
+class RenderConfig(BaseModel):
+    """Rendering defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interpolation: str = "bilinear"
+    backend: str = Field("auto", description="compose backend: auto | wgpu | numpy")
+    png_compress_level: int = Field(1, ge=0, le=9)
+    jpeg_quality: int = Field(90, ge=1, le=95)
+    num_threads: int = Field(1, ge=0, description="cdshealpix threads per compose call (0 = all cores)")
+
+
+class AppConfig(BaseModel):
+    """Everything ``graph:build_app`` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    surveys: list[SurveyConfig] = Field(default_factory=list)
+    build_sample_survey: bool = Field(
+        True,
+        description="build the bundled HI4PI sample HiPS at start-up if a local survey's folder is empty",
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AppConfig:
+        names = [s.name for s in self.surveys]
+        if len(names) != len(set(names)):
+            raise ValueError(f"survey names must be unique: {names}")
+        return self
+
+    def survey(self, name: str | None, epoch: str | None = None) -> SurveyConfig | None:
+        """The survey called ``name`` (or its alias), or the first; ``epoch`` picks among same-named ones."""
+        candidates = self.surveys
+        if name:
+            candidates = [s for s in self.surveys if name == s.name or name in s.aliases]
+        if epoch is not None:
+            candidates = [s for s in candidates if s.epoch == epoch]
+        return candidates[0] if candidates else None
+
+
+def default_sample_dir() -> str:
+    """Where the bundled sample survey is built (``$SKYRENDER_SAMPLE_DIR`` or ``./var/hips/hi4pi``)."""
+    return os.environ.get("SKYRENDER_SAMPLE_DIR", str(Path.cwd() / "var" / "hips" / "hi4pi"))
