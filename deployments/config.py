@@ -7,6 +7,7 @@ nothing else.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,7 +29,7 @@ class SurveyConfig(BaseModel):
         v = v.strip()
         if v.startswith(("http://", "https://")):
             return v.rstrip("/")
-        return str(Path(os.path.expandvars(v)).expanduser().resolve())
+        return str(Path(expand_env(v)).expanduser().resolve())
 
     @property
     def is_local(self) -> bool:
@@ -117,6 +118,14 @@ class AppConfig(BaseModel):
         if epoch is not None:
             candidates = [s for s in candidates if s.epoch == epoch]
         return candidates[0] if candidates else None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` (shell style) in a configured path."""
+    return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
 
 
 def default_sample_dir() -> str:

@@ -1,0 +1,473 @@
+"""HTTP ingress: the contract NestJS calls (FastAPI app served by a Ray Serve deployment).
+
+The ingress validates, plans (geometry, order, tile list: cheap) and then chains the
+worker stages by passing one stage's response straight into the next, so arrays go
+fetch → compose → encode without passing through here; only the encoded bytes return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+import skyrender
+from skyrender.compose import field_of_tiles, parse_tile_list
+from skyrender.errors import InvalidWCSError, SkyRenderError
+from skyrender.geometry import OutputGeometry, make_geometry
+from skyrender.properties import HipsSurvey, load_survey
+from skyrender.render import plan_render
+from skyrender.tiles import TileId, parse_tile_url, tile_path
+
+from .config import AppConfig, SurveyConfig
+from .models import (
+    ErrorBody,
+    ManifestRequest,
+    ManifestResponse,
+    PreviewRequest,
+    RenderTilesRequest,
+    SnapshotRequest,
+    WcsValidateRequest,
+    WcsValidateResponse,
+)
+
+log = logging.getLogger("ray.serve")
+
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the rendered image; WCS in X-WCS"},
+    400: {"model": ErrorBody, "description": "invalid input"},
+    403: {"model": ErrorBody, "description": "tile URL outside the configured survey roots"},
+    404: {"model": ErrorBody, "description": "unknown survey"},
+    502: {"model": ErrorBody, "description": "upstream returned errors or unusable tiles"},
+    503: {"model": ErrorBody, "description": "upstream unavailable or service overloaded"},
+    504: {"model": ErrorBody, "description": "upstream too slow"},
+}
+
+app = FastAPI(
+    title="skyrender",
+    version=skyrender.__version__,
+    description="Rendering tier of the VLASS sky portal: HiPS tiles to PNG/JPEG previews and snapshots.",
+)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, rendered as ``{error, detail}``."""
+
+    def __init__(self, status: int, error: str, detail: Any = None):
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _status_of(exc: BaseException) -> ApiError:
+    """Map core and upstream exceptions (possibly wrapped by Ray) to an HTTP error."""
+    from . import upstream
+
+    mapping: list[tuple[type, int, str]] = [
+        (upstream.URLNotAllowed, 403, "tile URL not allowed"),
+        (upstream.UpstreamUnavailable, 503, "upstream unavailable"),
+        (upstream.UpstreamTimeout, 504, "upstream timeout"),
+        (upstream.UpstreamHTTPError, 502, "upstream error"),
+        (upstream.TileTooLarge, 502, "upstream tile too large"),
+        (InvalidWCSError, 400, "invalid WCS"),
+        (SkyRenderError, 400, "invalid request"),
+    ]
+    for cls, status, error in mapping:
+        if isinstance(exc, cls):
+            return ApiError(status, error, _message(exc))
+    if type(exc).__name__ == "NoUsableTiles" or "NoUsableTiles" in str(type(exc)):
+        return ApiError(502, "no usable tiles", _message(exc))
+    raise exc
+
+
+def _message(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else exc)
+    # Ray's wrapped errors carry a traceback; the last line is the message.
+    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content={"error": exc.error, "detail": exc.detail})
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [
+        {"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"error": "invalid request body", "detail": detail})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Ingress:
+    """FastAPI ingress; plans renders and chains fetch → compose → encode."""
+
+    def __init__(
+        self,
+        fetch: DeploymentHandle,
+        compose: DeploymentHandle,
+        encode: DeploymentHandle,
+        config: dict[str, Any],
+    ):
+        self.fetch, self.compose, self.encode = fetch, compose, encode
+        self.config = AppConfig.model_validate(config)
+        self.started = time.time()
+        self._surveys: dict[str, HipsSurvey] = {}
+        self._survey_errors: dict[str, tuple[float, str]] = {}
+        self._mocs: dict[str, Any] = {}
+
+    # -- surveys ---------------------------------------------------------------------------
+
+    def _survey_config(self, name: str | None, epoch: str | None) -> SurveyConfig:
+        cfg = self.config.survey(name, epoch)
+        if cfg is None:
+            known = [(s.name, s.epoch) for s in self.config.surveys]
+            what = f"survey {name!r}" if name else "a survey"
+            raise ApiError(404, "unknown survey", f"no {what} with epoch {epoch!r}; configured: {known}")
+        return cfg
+
+    async def _survey(self, cfg: SurveyConfig) -> HipsSurvey:
+        """The survey's properties, loaded once; an unreachable upstream is a 503, retried later."""
+        if cfg.name in self._surveys:
+            return self._surveys[cfg.name]
+        failed = self._survey_errors.get(cfg.name)
+        if failed and time.monotonic() - failed[0] < self.config.upstream.probe_cache_s:
+            raise ApiError(503, "upstream unavailable", failed[1])
+        try:
+            survey = await asyncio.wait_for(
+                asyncio.to_thread(load_survey, cfg.url, self.config.upstream.connect_timeout_s),
+                timeout=self.config.upstream.request_deadline_s,
+            )
+        except (SkyRenderError, TimeoutError) as exc:
+            self._survey_errors[cfg.name] = (time.monotonic(), f"{cfg.url}: {exc}")
+            raise ApiError(503, "upstream unavailable", f"cannot read {cfg.url}/properties: {exc}") from None
+        self._surveys[cfg.name] = survey
+        self._mocs[cfg.name] = await asyncio.to_thread(_load_moc, survey)
+        return survey
+
+    def _tile_location(self, cfg: SurveyConfig, tile: TileId) -> str:
+        """Where the fetch stage reads a tile: the upstream URL, or the file of a local survey."""
+        if cfg.is_local:
+            return os.path.join(cfg.url, tile_path(tile.order, tile.npix, tile.format))
+        return f"{cfg.url}/{tile_path(tile.order, tile.npix, tile.format)}"
+
+    def _public_url(self, request: Request, cfg: SurveyConfig, tile: TileId) -> str:
+        """The tile URL a caller can fetch: upstream's, or this service's ``/hips/<name>/`` mirror."""
+        if cfg.is_local:
+            base = str(request.base_url).rstrip("/")
+            return f"{base}/hips/{cfg.name}/{tile_path(tile.order, tile.npix, tile.format)}"
+        return f"{cfg.url}/{tile_path(tile.order, tile.npix, tile.format)}"
+
+    def _survey_of_url(self, url: str) -> SurveyConfig:
+        """The configured survey a caller's tile URL belongs to (403 when none)."""
+        for cfg in self.config.surveys:
+            if cfg.is_local:
+                marker = f"/hips/{cfg.name}/"
+                if url.startswith(("http://", "https://")) and marker in url:
+                    return cfg
+            elif url.startswith(cfg.url + "/"):
+                return cfg
+        raise ApiError(403, "tile URL not allowed", f"{url} is not under a configured survey root")
+
+    # -- the chain -------------------------------------------------------------------------
+
+    async def _render(
+        self,
+        request: Request,
+        cfg: SurveyConfig,
+        survey: HipsSurvey,
+        geom: OutputGeometry,
+        order: int,
+        tiles: list[TileId],
+        display: dict[str, Any],
+    ) -> Response:
+        limits = self.config.limits
+        if len(tiles) > limits.max_tiles:
+            raise ApiError(400, "too many tiles", f"{len(tiles)} tiles; the limit is {limits.max_tiles}")
+        requests = []
+        for t in tiles:
+            loc = self._tile_location(cfg, t)
+            requests.append((t.npix, f"{cfg.name}/{t.order}/{t.npix}.{t.format}", loc, t.format))
+        spec = {
+            "geometry": geom,
+            "survey_frame": survey.frame,
+            "order": order,
+            "tile_width": survey.tile_width,
+        }
+        display = {**display, "header": geom.header() if display["format"] == "fits" else None}
+        if survey.pixel_cut and display.get("min_cut") is None and display.get("max_cut") is None:
+            display["survey_cut"] = survey.pixel_cut
+        fetched = self.fetch.get_tiles.remote(requests)
+        composed = self.compose.render.remote(spec, fetched)
+        deadline = self.config.upstream.request_deadline_s + 5.0
+        try:
+            result = await asyncio.wait_for(self.encode.encode.remote(display, composed), timeout=deadline)
+        except TimeoutError:
+            raise ApiError(
+                504, "upstream timeout", f"render did not finish within {deadline:.1f} s"
+            ) from None
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise _status_of(_unwrap(exc)) from None
+        headers = {
+            "X-WCS": json.dumps(geom.wcs_keywords(), separators=(",", ":")),
+            "X-Compose-Backend": result["backend"],
+            "X-Tiles-Used": str(result["tiles_used"]),
+            "Cache-Control": "public, max-age=3600",
+        }
+        return Response(content=result["body"], media_type=result["media_type"], headers=headers)
+
+    def _check_size(self, width: int, height: int) -> None:
+        lim = self.config.limits
+        if width > lim.max_width or height > lim.max_height or width * height > lim.max_pixels:
+            raise ApiError(
+                400,
+                "image too large",
+                f"{width}x{height} exceeds the limits (max {lim.max_width}x{lim.max_height}, "
+                f"{lim.max_pixels} pixels)",
+            )
+
+    def _geometry(
+        self, ra, dec, fov, width, height, projection="TAN", rotation=0.0, frame="icrs"
+    ) -> OutputGeometry:
+        self._check_size(width, height)
+        if fov > self.config.limits.max_fov_deg:
+            raise ApiError(400, "field too wide", f"fovDeg {fov} exceeds {self.config.limits.max_fov_deg}")
+        lim = self.config.limits
+        try:
+            return make_geometry(
+                ra, dec, fov, width, height, projection, rotation, frame,
+                max_side=max(lim.max_width, lim.max_height), max_pixels=lim.max_pixels,
+            )  # fmt: skip
+        except SkyRenderError as exc:
+            raise ApiError(400, "invalid geometry", str(exc)) from None
+
+    async def _tiles_render(self, request: Request, body: RenderTilesRequest | SnapshotRequest) -> Response:
+        self._check_size(body.width, body.height)
+        if len(body.tiles) > self.config.limits.max_tiles:
+            raise ApiError(
+                400, "too many tiles", f"{len(body.tiles)} tiles; limit {self.config.limits.max_tiles}"
+            )
+        cfgs = {self._survey_of_url(u).name: self._survey_of_url(u) for u in body.tiles}
+        if len(cfgs) > 1:
+            raise ApiError(400, "invalid request", f"tiles come from several surveys: {sorted(cfgs)}")
+        cfg = next(iter(cfgs.values()))
+        try:
+            tiles = parse_tile_list(body.tiles)
+        except SkyRenderError as exc:
+            raise ApiError(400, "invalid tile URL", str(exc)) from None
+        survey = await self._survey(cfg)
+        try:
+            geom = field_of_tiles(tiles, body.width, body.height, survey.frame)
+        except SkyRenderError as exc:
+            raise ApiError(400, "invalid geometry", str(exc)) from None
+        display = {
+            "format": "png",
+            "cmap": body.colormap,
+            "stretch": body.scale,
+            "min_cut": body.minCut,
+            "max_cut": body.maxCut,
+        }
+        return await self._render(request, cfg, survey, geom, tiles[0].order, _dedupe(tiles), display)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    @app.post("/render/preview", response_class=Response, responses=IMAGE_RESPONSES)
+    async def render_preview(self, request: Request, body: RenderTilesRequest) -> Response:
+        """Render the given tiles (all of one survey and order) into a PNG."""
+        return await self._tiles_render(request, body)
+
+    @app.post("/render/snapshot", response_class=Response, responses=IMAGE_RESPONSES)
+    async def render_snapshot(self, request: Request, body: SnapshotRequest) -> Response:
+        """Render the given tiles into a PNG snapshot (default 512x512) for the job runner."""
+        return await self._tiles_render(request, body)
+
+    @app.post(
+        "/v1/tile-manifest",
+        response_model=ManifestResponse,
+        responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+    )
+    async def tile_manifest(self, request: Request, body: ManifestRequest) -> ManifestResponse:
+        """The tiles of a survey that cover a field, at the order a render would use."""
+        cfg = self._survey_config(body.survey, body.epoch)
+        survey = await self._survey(cfg)
+        geom = self._geometry(body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection)
+        plan = await asyncio.to_thread(plan_render, geom, survey, moc=self._mocs.get(cfg.name))
+        tiles = []
+        for t in plan.tiles:
+            tid = TileId(t.order, t.npix, survey.default_format)
+            tiles.append(
+                {
+                    "id": t.id,
+                    "url": self._public_url(request, cfg, tid),
+                    "healpixNside": t.nside,
+                    "order": t.order,
+                    "npix": t.npix,
+                }
+            )
+        return ManifestResponse(
+            survey=cfg.name,
+            epoch=cfg.epoch,
+            order=plan.order,
+            tileWidth=survey.tile_width,
+            frame=survey.frame,
+            tiles=tiles,
+        )
+
+    @app.post("/v1/preview", response_class=Response, responses=IMAGE_RESPONSES)
+    async def preview(self, request: Request, body: PreviewRequest) -> Response:
+        """Render a field of a configured survey as PNG or JPEG, with its WCS in ``X-WCS``."""
+        cfg = self._survey_config(body.survey, body.epoch)
+        survey = await self._survey(cfg)
+        geom = self._geometry(
+            body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection, body.rotation
+        )
+        plan = await asyncio.to_thread(plan_render, geom, survey, moc=self._mocs.get(cfg.name))
+        fmt = survey.default_format
+        tiles = [TileId(t.order, t.npix, fmt) for t in plan.tiles]
+        display = {
+            "format": body.format,
+            "cmap": body.colormap,
+            "stretch": body.scale,
+            "min_cut": body.minCut,
+            "max_cut": body.maxCut,
+        }
+        return await self._render(request, cfg, survey, geom, plan.order, tiles, display)
+
+    @app.post("/v1/wcs-validate", response_model=WcsValidateResponse, responses={400: {"model": ErrorBody}})
+    async def wcs_validate(self, body: WcsValidateRequest) -> WcsValidateResponse:
+        """Check a FITS header's WCS; describe what it maps to (400 with wcslib's reason if invalid)."""
+        from skyrender.wcsinfo import describe_header
+
+        if len(body.fitsHeader) > self.config.limits.max_header_keys:
+            raise ApiError(
+                400,
+                "invalid WCS",
+                f"{len(body.fitsHeader)} keywords; the limit is {self.config.limits.max_header_keys}",
+            )
+        try:
+            desc = describe_header(body.fitsHeader)
+        except SkyRenderError as exc:
+            raise ApiError(400, "invalid WCS", str(exc)) from None
+        return WcsValidateResponse(valid=True, reprojected=desc.to_dict())
+
+    @app.get("/healthz", responses={503: {"description": "an upstream survey is unreachable"}})
+    async def healthz(self) -> JSONResponse:
+        """200 when every configured survey answers; 503 with the reason otherwise."""
+        checks = await asyncio.gather(*(self._probe(cfg) for cfg in self.config.surveys))
+        surveys = {
+            cfg.name: {"url": cfg.url, "ok": ok, "detail": detail}
+            for cfg, (ok, detail) in zip(self.config.surveys, checks, strict=True)
+        }
+        try:
+            compose = await asyncio.wait_for(self.compose.info.remote(), timeout=5.0)
+        except Exception as exc:  # compose still starting: report, do not fail health for it
+            compose = {"backend": "unknown", "detail": str(exc)}
+        try:
+            cache = await asyncio.wait_for(self.fetch.cache_stats.remote(), timeout=5.0)
+        except Exception as exc:
+            cache = {"error": str(exc)}
+        ok = all(s["ok"] for s in surveys.values())
+        body = {
+            "status": "ok" if ok else "degraded",
+            "version": skyrender.__version__,
+            "uptime_s": round(time.time() - self.started, 3),
+            "compose": compose,
+            "cache": cache,
+            "surveys": surveys,
+        }
+        if not ok:
+            bad = [f"{n}: {s['detail']}" for n, s in surveys.items() if not s["ok"]]
+            body["error"] = "upstream unavailable"
+            body["detail"] = "; ".join(bad)
+        return JSONResponse(status_code=200 if ok else 503, content=body)
+
+    async def _probe(self, cfg: SurveyConfig) -> tuple[bool, str]:
+        if cfg.is_local:
+            ok = Path(cfg.url, "properties").is_file()
+            return ok, "local directory" if ok else f"{cfg.url}/properties missing"
+        try:
+            return await asyncio.wait_for(self.fetch.probe.remote(cfg.url), timeout=5.0)
+        except Exception as exc:
+            return False, f"probe failed: {_message(_unwrap(exc))}"
+
+    @app.get("/v1/stats")
+    async def stats(self) -> dict[str, Any]:
+        """Tile cache counters (hits, misses, evictions, bytes held)."""
+        return {"cache": await self.fetch.cache_stats.remote()}
+
+    @app.get("/hips/{name}/{path:path}", include_in_schema=False)
+    async def hips_file(self, name: str, path: str) -> Response:
+        """Serve a local survey's files (tiles, properties, MOC) so manifest URLs resolve."""
+        cfg = next((s for s in self.config.surveys if s.name == name and s.is_local), None)
+        if cfg is None:
+            raise ApiError(404, "unknown survey", f"no local survey {name!r}")
+        if path not in ("properties", "Moc.fits") and not path.endswith(
+            ("Allsky.fits", "Allsky.jpg", "Allsky.png")
+        ):
+            try:
+                t = parse_tile_url(path)
+            except SkyRenderError as exc:
+                raise ApiError(404, "not found", str(exc)) from None
+            path = tile_path(t.order, t.npix, t.format)
+        full = Path(cfg.url, path)
+        if not full.is_file():
+            raise ApiError(404, "not found", path)
+        return FileResponse(full)
+
+
+def _dedupe(tiles: list[TileId]) -> list[TileId]:
+    seen: dict[int, TileId] = {}
+    for t in tiles:
+        seen.setdefault(t.npix, t)
+    return list(seen.values())
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The original exception inside Ray's wrappers (RayTaskError keeps it as ``cause``)."""
+    seen = 0
+    while seen < 5:
+        inner = getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+        seen += 1
+    return exc
+
+
+def _load_moc(survey: HipsSurvey):
+    """The survey's ``Moc.fits`` (a `mocpy.MOC`) or None when it has none."""
+    from skyrender.manifest import load_moc
+
+    try:
+        if survey.root.startswith(("http://", "https://")):
+            import httpx
+
+            r = httpx.get(f"{survey.root}/Moc.fits", timeout=5.0)
+            if r.status_code != 200:
+                return None
+            return load_moc(r.content)
+        p = Path(survey.root, "Moc.fits")
+        return load_moc(p.read_bytes()) if p.is_file() else None
+    except Exception as exc:  # a broken MOC only costs us the filtering
+        log.warning("MOC of %s unusable: %s", survey.root, exc)
+        return None
+
+
+def request_id() -> str:
+    return uuid.uuid4().hex

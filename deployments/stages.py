@@ -1,0 +1,220 @@
+"""The three worker stages of the graph: tile fetch → compose (reprojection) → encode.
+
+Each is a thin Ray Serve deployment over the core (`skyrender`) and the upstream client
+(`deployments.upstream`). Arrays travel between them as Ray objects; only the encode
+stage produces bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from skyrender.decode import decode_tile
+from skyrender.errors import SkyRenderError, TileDecodeError
+
+from .config import AppConfig
+
+log = logging.getLogger("ray.serve")
+
+
+class NoUsableTiles(SkyRenderError):
+    """Every tile of a render failed to decode: the upstream serves something broken."""
+
+
+@dataclass
+class FetchedTiles:
+    """What the fetch stage hands to compose: decoded tiles and how they were obtained."""
+
+    tiles: dict[int, np.ndarray] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    broken: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class TileFetch:
+    """Fetches tiles (through the shared object-store cache) and decodes them."""
+
+    def __init__(self, config: dict[str, Any]):
+        from .tile_cache import CacheClient
+        from .upstream import FetchConfig, RootPolicy, TileFetcher
+
+        self.config = AppConfig.model_validate(config)
+        up = self.config.upstream
+        self.fetcher = TileFetcher(
+            RootPolicy([s.url for s in self.config.surveys]),
+            FetchConfig(
+                connect_timeout_s=up.connect_timeout_s,
+                read_timeout_s=up.read_timeout_s,
+                retries=up.retries,
+                backoff_s=up.backoff_s,
+                per_host_limit=up.per_host_concurrency,
+                max_tile_bytes=self.config.limits.max_tile_bytes,
+                probe_cache_s=up.probe_cache_s,
+            ),
+        )
+        cache = self.config.cache
+        self.cache = CacheClient(cache.name, max_bytes=cache.max_bytes) if cache.enabled else None
+
+    async def _decoded(self, location: str, fmt: str) -> np.ndarray:
+        data = await self.fetcher.fetch(location)
+        # Decoding is CPU work: keep the event loop free for other fetches.
+        return await asyncio.to_thread(decode_tile, data, fmt, max_pixels=self.config.limits.max_tile_pixels)
+
+    async def _one(self, key: str, location: str, fmt: str) -> tuple[np.ndarray, str]:
+        if self.cache is None:
+            return await self._decoded(location, fmt), "fetched"
+        return await self.cache.get_or_fetch(key, lambda: self._decoded(location, fmt))
+
+    async def get_tiles(self, requests: list[tuple[int, str, str, str]]) -> FetchedTiles:
+        """Fetch ``(npix, cache_key, location, fmt)`` tiles concurrently.
+
+        Missing tiles (404) and undecodable ones are reported, not raised: the area is
+        rendered as uncovered. Upstream failures (unreachable, timeout, 5xx) raise.
+        """
+        from .upstream import TileNotFound
+
+        start = time.perf_counter()
+        out = FetchedTiles()
+        results = await asyncio.gather(
+            *(self._one(key, loc, fmt) for _, key, loc, fmt in requests), return_exceptions=True
+        )
+        for (npix, key, _, _), res in zip(requests, results, strict=True):
+            if isinstance(res, TileNotFound):
+                out.missing.append(key)
+                out.outcomes["missing"] = out.outcomes.get("missing", 0) + 1
+            elif isinstance(res, TileDecodeError):
+                log.warning("tile %s skipped: %s", key, res)
+                out.broken[key] = str(res)
+                out.outcomes["broken"] = out.outcomes.get("broken", 0) + 1
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                array, how = res
+                out.tiles[npix] = array
+                out.outcomes[how] = out.outcomes.get(how, 0) + 1
+        if out.broken and not out.tiles:
+            first = next(iter(out.broken.items()))
+            raise NoUsableTiles(f"no usable tile: {first[0]}: {first[1]}")
+        out.seconds = time.perf_counter() - start
+        return out
+
+    async def probe(self, root: str) -> tuple[bool, str]:
+        """Is the survey root reachable (its ``properties``, cached a few seconds)?"""
+        return await self.fetcher.probe(root)
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return await self.cache.stats() if self.cache is not None else {"enabled": False}
+
+
+@dataclass
+class Composed:
+    """The compose stage's output: the float image and facts for logs and headers."""
+
+    image: np.ndarray
+    backend: str
+    seconds: float
+    tiles_used: int
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}, max_ongoing_requests=4)
+class Compose:
+    """Reprojects decoded tiles onto the output WCS: wgpu when an adapter exists, else numpy."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = AppConfig.model_validate(config)
+        self.backend, self._blender = _pick_backend(self.config.render.backend)
+        log.info("compose backend: %s", self.backend)
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"backend": self.backend}
+        if self._blender is not None:
+            info["adapter"] = self._blender.adapter_info
+        return info
+
+    def render(self, spec: dict[str, Any], fetched: FetchedTiles) -> Composed:
+        """Render ``fetched`` tiles onto ``spec["geometry"]`` (an `OutputGeometry`)."""
+        from skyrender.render import reproject
+        from skyrender.sampling import TileSet
+
+        start = time.perf_counter()
+        tiles = TileSet.from_tiles(spec["order"], fetched.tiles, tile_width=spec["tile_width"])
+        image = reproject(
+            spec["geometry"],
+            tiles,
+            spec["survey_frame"],
+            interpolation=spec.get("interpolation", self.config.render.interpolation),
+            num_threads=self.config.render.num_threads,
+            blender=self._blender.blend if self._blender is not None else None,
+        )
+        return Composed(
+            image=image,
+            backend=self.backend,
+            seconds=time.perf_counter() - start,
+            tiles_used=len(fetched.tiles),
+        )
+
+
+def _pick_backend(wanted: str):
+    """("wgpu", blender) when asked for or auto and an adapter exists; else ("numpy", None)."""
+    if wanted in ("auto", "wgpu"):
+        try:
+            from skyrender.gpu import WgpuBlender
+
+            blender = WgpuBlender.create()
+        except Exception as exc:  # a broken driver must not stop the replica
+            log.warning("wgpu unavailable (%s): using numpy", exc)
+            blender = None
+        if blender is not None:
+            return "wgpu", blender
+        if wanted == "wgpu":
+            log.warning("backend 'wgpu' requested but no adapter found: using numpy")
+    return "numpy", None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+class Encode:
+    """Cuts, stretch, colormap and encoding: the only stage that makes bytes."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = AppConfig.model_validate(config)
+
+    def encode(self, spec: dict[str, Any], composed: Composed) -> dict[str, Any]:
+        from skyrender.display import to_display
+        from skyrender.encode import encode_fits, encode_image
+
+        start = time.perf_counter()
+        fmt = spec["format"]
+        if fmt == "fits":
+            body, media_type = encode_fits(composed.image, spec["header"]), "application/fits"
+        else:
+            img = to_display(
+                composed.image,
+                min_cut=spec.get("min_cut"),
+                max_cut=spec.get("max_cut"),
+                stretch=spec.get("stretch", "linear"),
+                cmap=spec.get("cmap", "viridis"),
+                survey_cut=spec.get("survey_cut"),
+            )
+            opts = (
+                {"compress_level": self.config.render.png_compress_level}
+                if fmt == "png"
+                else {"quality": self.config.render.jpeg_quality}
+            )
+            body, media_type = encode_image(img, fmt, **opts)
+        return {
+            "body": body,
+            "media_type": media_type,
+            "encode_s": time.perf_counter() - start,
+            "compose_s": composed.seconds,
+            "backend": composed.backend,
+            "tiles_used": composed.tiles_used,
+        }

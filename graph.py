@@ -1,0 +1,46 @@
+"""Ray Serve application builder: ``serve run graph:build_app`` or ``serve run serve_config.yaml``.
+
+Wires ingress → tile fetch → compose → encode with DeploymentHandles. ``args`` is the
+`deployments.config.AppConfig` (surveys, limits, upstream, cache, render); the
+per-deployment knobs (replicas, autoscaling, resources) come from ``serve_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.config import AppConfig, default_sample_dir
+from deployments.ingress import Ingress
+from deployments.stages import Compose, Encode, TileFetch
+
+log = logging.getLogger("ray.serve")
+
+
+def _ensure_sample_survey(config: AppConfig) -> None:
+    """Build the bundled HI4PI sample HiPS into any empty local survey folder that asks for it."""
+    if not config.build_sample_survey:
+        return
+    from skyrender.samples import build_sample_hips
+
+    for survey in config.surveys:
+        if survey.is_local and not Path(survey.url, "properties").is_file():
+            log.info("building the sample survey into %s", survey.url)
+            build_sample_hips(survey.url)
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The application: ``args`` as in ``serve_config.yaml``'s ``applications[].args``."""
+    args = dict(args or {})
+    if not args.get("surveys"):
+        args["surveys"] = [{"name": "hi4pi", "url": default_sample_dir()}]
+    config = AppConfig.model_validate(args)
+    _ensure_sample_survey(config)
+    plain = config.model_dump()
+    fetch = TileFetch.bind(plain)
+    compose = Compose.bind(plain)
+    encode = Encode.bind(plain)
+    return Ingress.bind(fetch, compose, encode, plain)
