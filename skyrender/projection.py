@@ -143,7 +143,8 @@ def _kernel(code, width, height, x0, y0, step, crpix, cd, rot, lon_out, lat_out,
             if lon >= two_pi:
                 lon -= two_pi
             lon_out[n] = lon
-            lat_out[n] = math.asin(min(1.0, max(-1.0, v2)))
+            # atan2 keeps full precision near the poles, where asin(z) loses half the digits.
+            lat_out[n] = math.atan2(v2, math.sqrt(v0 * v0 + v1 * v1))
             valid_out[n] = True
             n += 1
 
@@ -263,7 +264,7 @@ def _rotate_lonlat(lon, lat, rot):
         c = np.cos(lat)
         v = rot @ np.stack([c * np.cos(lon), c * np.sin(lon), np.sin(lat)])
         lon = np.arctan2(v[1], v[0])
-        lat = np.arcsin(np.clip(v[2], -1.0, 1.0))
+        lat = np.arctan2(v[2], np.hypot(v[0], v[1]))
     lon = np.mod(lon, 2 * np.pi)
     lon[lon >= 2 * np.pi] = 0.0
     return np.ascontiguousarray(lon), np.ascontiguousarray(lat), valid

@@ -1,0 +1,79 @@
+"""Output geometry: conventions and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from skyrender.errors import GeometryError, SkyRenderError
+from skyrender.geometry import make_geometry
+
+
+def test_tan_field_is_centred_north_up_east_left():
+    g = make_geometry(83.8, -5.4, 1.0, 400, 200)
+    assert g.wcs.wcs.crpix.tolist() == [200.5, 100.5]
+    lon, lat = g.center_world()
+    assert lon == pytest.approx(83.8) and lat == pytest.approx(-5.4)
+    assert g.pixel_scale_deg == pytest.approx(1.0 / 400)
+    # Moving up (+y) increases dec; moving right (+x) decreases RA (east is left).
+    (ra0, dec0), (ra_up, dec_up), (ra_right, _) = g.wcs.wcs_pix2world(
+        [[199.5, 99.5], [199.5, 150], [300, 99.5]], 0
+    )
+    assert dec_up > dec0 and ra_right < ra0
+
+
+def test_rotation_matches_crota2():
+    g = make_geometry(10, 20, 2, 100, 100, rotation_deg=30)
+    ref = WCS(naxis=2)
+    ref.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    ref.wcs.crval = [10, 20]
+    ref.wcs.crpix = [50.5, 50.5]
+    ref.wcs.cdelt = [-0.02, 0.02]
+    ref.wcs.crota = [0, 30]
+    pix = np.array([[0, 0], [99, 0], [0, 99], [30, 70]], float)
+    assert np.allclose(g.wcs.wcs_pix2world(pix, 0), ref.wcs_pix2world(pix, 0), atol=1e-10)
+
+
+def test_galactic_frame_header():
+    g = make_geometry(0, 0, 10, 64, 64, "CAR", frame="galactic")
+    h = g.header()
+    assert h["CTYPE1"] == "GLON-CAR" and h["CTYPE2"] == "GLAT-CAR"
+    assert h["NAXIS1"] == 64 and g.frame == "galactic"
+    kw = g.wcs_keywords()
+    assert kw["CRVAL1"] == 0 and isinstance(kw["CDELT1"], float)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"projection": "XYZ"}, "projection"),
+        ({"fov_deg": 0}, "fov"),
+        ({"fov_deg": -1}, "fov"),
+        ({"fov_deg": 361}, "fov"),
+        ({"width": 0}, "width"),
+        ({"height": -5}, "height"),
+        ({"width": 10**6}, "width"),
+        ({"width": 2.5}, "width"),
+        ({"ra": math.nan}, "ra"),
+        ({"dec": math.inf}, "dec"),
+        ({"dec": 91}, "dec"),
+        ({"ra": "abc"}, "ra"),
+        ({"rotation_deg": math.nan}, "rotation"),
+        ({"frame": "fk4x"}, "frame"),
+    ],
+)
+def test_bad_input_is_a_clear_error(kwargs, match):
+    args = {"ra": 10.0, "dec": 20.0, "fov_deg": 1.0, "width": 100, "height": 100}
+    args.update(kwargs)
+    with pytest.raises(GeometryError, match=match) as info:
+        make_geometry(**args)
+    assert isinstance(info.value, SkyRenderError) and isinstance(info.value, ValueError)
+
+
+def test_pixel_cap_is_configurable():
+    with pytest.raises(GeometryError, match="limit"):
+        make_geometry(0, 0, 1, 2000, 2000, max_pixels=1000 * 1000)
+    assert make_geometry(0, 0, 1, 2000, 2000, max_pixels=2000 * 2000).n_pixels == 4_000_000
