@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the service on the bundled HI4PI sample survey: http://127.0.0.1:8000
+# (first run: installs into ./.venv and builds the sample HiPS into ./var/hips/hi4pi).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh serve,sample
+export SKYRENDER_SAMPLE_DIR="${SKYRENDER_SAMPLE_DIR:-$PWD/var/hips/hi4pi}"
+.venv/bin/python -m skyrender.samples build "$SKYRENDER_SAMPLE_DIR"
+exec .venv/bin/serve run serve_config.yaml "$@"

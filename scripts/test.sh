@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install what the tests need (venv, Python packages, Mesa's CPU Vulkan driver for the wgpu
+# path) and run lint, the test suite and the benchmarks in short mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s mesa-vulkan-drivers >/dev/null 2>&1; then
+  # lavapipe gives wgpu a real Vulkan adapter on the CPU, so CI exercises the GPU code path.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1) \
+    >/dev/null || echo "warning: could not install mesa-vulkan-drivers; the wgpu tests will fail" >&2
+fi
+bash scripts/bootstrap.sh test
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"; chmod 700 "$XDG_RUNTIME_DIR"
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"
+.venv/bin/python bench/bench_core.py --short
