@@ -68,14 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     planck = HIPS / "cds-planck-hfi143"
     tiles, frame = load_tileset(planck, 3)
     print(f"# skyrender core benchmark  (cores: {os.cpu_count()}, numba threads: 1, cdshealpix threads: 1)")
-    print(f"# survey: Planck HFI 143 GHz, order 3, {tiles.npix.size} tiles of {tiles.tile_width} px (galactic)")
+    print(
+        f"# survey: Planck HFI 143 GHz, order 3, {tiles.npix.size} tiles of {tiles.tile_width} px (galactic)"
+    )
     print(f"{'field':<26}{'interp':<10}{'ms':>9}{'Mpix/s':>9}{'reproject ms':>14}{'ratio':>8}")
     geom0 = make_geometry(266.4, -28.9, 20.0, 64, 64)
     reproject(geom0, tiles, frame)  # compile the kernels outside the timing
     reproject(geom0, tiles, frame, interpolation="nearest")
     for width, height in sizes:
         geom = make_geometry(266.4, -28.9, 20.0, width, height)
-        ref_s = reference(planck, 3, geom) if (width * height <= 1024 * 768 or not args.short) else float("nan")
+        ref_s = (
+            reference(planck, 3, geom) if (width * height <= 1024 * 768 or not args.short) else float("nan")
+        )
         for interp in ("nearest", "bilinear"):
             secs = best_of(lambda g=geom, i=interp: reproject(g, tiles, frame, interpolation=i), repeats)
             mpix = width * height / secs / 1e6

@@ -1,7 +1,7 @@
 """Command line: one-off renders and manifests, for debugging and scripting.
 
-    skyrender render --hips PATH_OR_URL --ra 266.4 --dec -28.9 --fov 2 --width 1024 --height 768 -o gc.png
-    skyrender manifest --hips PATH_OR_URL --ra 266.4 --dec -28.9 --fov 2
+skyrender render --hips PATH_OR_URL --ra 266.4 --dec -28.9 --fov 2 --width 1024 --height 768 -o gc.png
+skyrender manifest --hips PATH_OR_URL --ra 266.4 --dec -28.9 --fov 2
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from .errors import SkyRenderError
 
 def _geometry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hips", required=True, help="survey root: local directory or http(s) URL")
-    p.add_argument("--ra", type=float, required=True, help="centre longitude [deg] (ra, or l with --frame galactic)")
+    p.add_argument(
+        "--ra", type=float, required=True, help="centre longitude [deg] (ra, or l with --frame galactic)"
+    )
     p.add_argument("--dec", type=float, required=True, help="centre latitude [deg]")
     p.add_argument("--fov", type=float, required=True, help="field of view along the larger side [deg]")
     p.add_argument("--width", type=int, default=512, help="output width [pixels]")
     p.add_argument("--height", type=int, default=512, help="output height [pixels]")
-    p.add_argument("--projection", default="TAN", help="wcslib projection code (TAN, SIN, AIT, MOL, CAR, ...)")
+    p.add_argument(
+        "--projection", default="TAN", help="wcslib projection code (TAN, SIN, AIT, MOL, CAR, ...)"
+    )
     p.add_argument("--rotation", type=float, default=0.0, help="sky rotation, CROTA2 convention [deg]")
     p.add_argument("--frame", default="icrs", help="frame of the centre and output WCS: icrs | galactic")
     p.add_argument("--format", dest="tile_format", default=None, help="tile format to read (fits, jpeg, png)")
@@ -37,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--min-cut", default=None, help="data value or percentile like 0.5%%")
     render.add_argument("--max-cut", default=None, help="data value or percentile like 99.5%%")
     render.add_argument("--interpolation", default="bilinear", choices=["bilinear", "nearest"])
-    render.add_argument("--output-format", "--out-format", dest="out_format", default=None, help="png | jpeg | fits")
+    render.add_argument(
+        "--output-format", "--out-format", dest="out_format", default=None, help="png | jpeg | fits"
+    )
     render.add_argument("-o", "--output", required=True, help="output file; its suffix picks the format")
     manifest = sub.add_parser("manifest", help="list the tiles a field needs, as JSON")
     _geometry_args(manifest)
@@ -91,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 "order": plan.order,
                 "tile_width": survey.tile_width,
                 "frame": survey.frame,
-                "tiles": [{"id": t.id, "order": t.order, "npix": t.npix, "nside": t.nside, "url": t.url} for t in plan.tiles],
+                "tiles": [
+                    {"id": t.id, "order": t.order, "npix": t.npix, "nside": t.nside, "url": t.url}
+                    for t in plan.tiles
+                ],
             }
             json.dump(out, sys.stdout, indent=2)
             print()
