@@ -18,8 +18,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from skyrender.decode import decode_tile
 from skyrender.geometry import make_geometry
 from skyrender.properties import load_survey
