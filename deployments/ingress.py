@@ -13,10 +13,11 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
@@ -31,6 +32,7 @@ from skyrender.render import plan_render
 from skyrender.tiles import TileId, parse_tile_url, tile_path
 
 from .config import AppConfig, SurveyConfig
+from .hips2fits import Hips2FitsError, parse_query
 from .models import (
     ErrorBody,
     ManifestRequest,
@@ -52,6 +54,18 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     502: {"model": ErrorBody, "description": "upstream returned errors or unusable tiles"},
     503: {"model": ErrorBody, "description": "upstream unavailable or service overloaded"},
     504: {"model": ErrorBody, "description": "upstream too slow"},
+}
+
+HIPS2FITS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/fits": {}, "image/png": {}, "image/jpeg": {}},
+        "description": "the cutout",
+    },
+    400: {"description": "bad query: JSON {title, description}"},
+    404: {"description": "unknown HiPS: JSON {title, description}"},
+    502: {"description": "upstream errors: JSON {title, description}"},
+    503: {"description": "upstream unavailable: JSON {title, description}"},
+    504: {"description": "upstream too slow: JSON {title, description}"},
 }
 
 app = FastAPI(
@@ -410,6 +424,85 @@ class Ingress:
     async def stats(self) -> dict[str, Any]:
         """Tile cache counters (hits, misses, evictions, bytes held)."""
         return {"cache": await self.fetch.cache_stats.remote()}
+
+    async def _survey_by_id(self, hips: str) -> SurveyConfig:
+        """A configured survey by name, alias, or HiPS ID (``creator_did``, with or without ivo://)."""
+        cfg = self.config.survey(hips)
+        if cfg is not None:
+            return cfg
+        wanted = hips.removeprefix("ivo://").lower()
+        for cfg in self.config.surveys:
+            try:
+                survey = await self._survey(cfg)
+            except ApiError:
+                continue
+            did = (survey.creator_did or "").removeprefix("ivo://").lower()
+            if did and did == wanted:
+                return cfg
+        raise Hips2FitsError("Unknown HiPS", f"no configured survey is called or identified by {hips!r}", 404)
+
+    async def _hips2fits(self, request: Request, params: Mapping[str, str]) -> Response:
+        lim = self.config.limits
+        try:
+            query = parse_query(
+                params, max_side=max(lim.max_width, lim.max_height), max_pixels=lim.max_pixels
+            )
+            cfg = await self._survey_by_id(query.hips)
+            survey = await self._survey(cfg)
+            geom = query.geometry
+            plan = await asyncio.to_thread(plan_render, geom, survey, moc=self._mocs.get(cfg.name))
+            tiles = [TileId(t.order, t.npix, survey.default_format) for t in plan.tiles]
+            display = {
+                "format": query.format,
+                "cmap": query.cmap,
+                "stretch": query.stretch,
+                "min_cut": query.min_cut,
+                "max_cut": query.max_cut,
+                "rgb": True,
+            }
+            return await self._render(request, cfg, survey, geom, plan.order, tiles, display)
+        except Hips2FitsError as exc:
+            return JSONResponse(
+                status_code=exc.status, content={"title": exc.title, "description": exc.description}
+            )
+        except ApiError as exc:
+            detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+            return JSONResponse(status_code=exc.status, content={"title": exc.error, "description": detail})
+
+    @app.get("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES)
+    async def hips2fits_get(
+        self,
+        request: Request,
+        hips: str = Query(..., description="survey name or HiPS ID"),
+        width: str | None = Query(None, description="output width [pixels]"),
+        height: str | None = Query(None, description="output height [pixels]"),
+        projection: str | None = Query(None, description="wcslib projection code"),
+        fov: str | None = Query(None, description="field of view, larger side [deg]"),
+        ra: str | None = Query(None, description="centre right ascension, ICRS [deg]"),
+        dec: str | None = Query(None, description="centre declination, ICRS [deg]"),
+        coordsys: str | None = Query(None, description="icrs | galactic: frame of the projection"),
+        rotation_angle: str | None = Query(None, description="rotation [deg]"),
+        wcs: str | None = Query(
+            None, description="JSON FITS header with NAXIS1/NAXIS2, instead of the field"
+        ),
+        format: str | None = Query(None, description="fits | jpg | png"),
+        min_cut: str | None = Query(None, description="lower cut: value, or percent like '0.5%'"),
+        max_cut: str | None = Query(None, description="upper cut: value, or percent like '99.5%'"),
+        stretch: str | None = Query(None, description="power | linear | sqrt | log | asinh"),
+        cmap: str | None = Query(None, description="matplotlib colormap name"),
+    ) -> Response:
+        """CDS hips2fits-compatible cutout (astroquery's ``hips2fits`` client works unchanged)."""
+        return await self._hips2fits(request, dict(request.query_params))
+
+    @app.post("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES)
+    async def hips2fits_post(self, request: Request) -> Response:
+        """The same as ``GET /hips2fits`` with the parameters as form fields."""
+        try:
+            form = await request.form()
+        except Exception as exc:
+            return JSONResponse(status_code=400, content={"title": "Invalid form", "description": str(exc)})
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        return await self._hips2fits(request, {**dict(request.query_params), **params})
 
     @app.get("/hips/{name}/{path:path}", include_in_schema=False)
     async def hips_file(self, name: str, path: str) -> Response:

@@ -188,7 +188,7 @@ class Encode:
         self.config = AppConfig.model_validate(config)
 
     def encode(self, spec: dict[str, Any], composed: Composed) -> dict[str, Any]:
-        from skyrender.display import to_display
+        from skyrender.display import as_rgb, to_display
         from skyrender.encode import encode_fits, encode_image
 
         start = time.perf_counter()
@@ -204,6 +204,8 @@ class Encode:
                 cmap=spec.get("cmap", "viridis"),
                 survey_cut=spec.get("survey_cut"),
             )
+            if spec.get("rgb"):  # hips2fits clients expect an RGB(A) array, not a palette
+                img = as_rgb(img)
             opts = (
                 {"compress_level": self.config.render.png_compress_level}
                 if fmt == "png"

@@ -452,3 +452,10 @@ def to_display(
     vmin, vmax = compute_cuts(arr, min_cut, max_cut, method=cut_method, survey_cut=survey_cut)
     index, mask = to_index(apply_stretch(arr, vmin, vmax, stretch, power=power))
     return DisplayImage(mask=mask, index=index, lut=lut)
+
+
+def as_rgb(img: DisplayImage) -> DisplayImage:
+    """The same picture as RGB (the colour table applied), for clients that want a 3-D array."""
+    if img.is_colour:
+        return img
+    return DisplayImage(mask=img.mask, rgb=img.lut[img.index])
