@@ -33,6 +33,7 @@ from skyrender.tiles import TileId, parse_tile_url, tile_path
 
 from .config import AppConfig, SurveyConfig
 from .hips2fits import Hips2FitsError, parse_query
+from .telemetry import log_request, observe_request
 from .models import (
     ErrorBody,
     ManifestRequest,
@@ -111,6 +112,50 @@ def _message(exc: BaseException) -> str:
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
 
 
+#: Request-body limit, set from the configuration when the ingress starts.
+_MAX_BODY_BYTES = [1024 * 1024]
+
+
+@app.middleware("http")
+async def _request_context(request: Request, call_next):
+    """Request id (from NestJS's X-Request-ID or new), body limit, one JSON log line, metrics."""
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    rid = rid[:128]
+    request.state.request_id = rid
+    request.state.render = {}
+    start = time.perf_counter()
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > _MAX_BODY_BYTES[0]):
+        response: Response = JSONResponse(
+            status_code=413,
+            content={"error": "request body too large", "detail": f"limit {_MAX_BODY_BYTES[0]} bytes"},
+        )
+    else:
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # a bug: log it with the request id, answer 500 as JSON
+            log.exception("request %s failed", rid)
+            response = JSONResponse(
+                status_code=500, content={"error": "internal error", "detail": type(exc).__name__}
+            )
+    seconds = time.perf_counter() - start
+    route = request.scope.get("route")
+    endpoint = getattr(route, "path", None) or "unmatched"
+    response.headers["X-Request-ID"] = rid
+    observe_request(endpoint, response.status_code, seconds)
+    log_request(
+        {
+            "request_id": rid,
+            "method": request.method,
+            "endpoint": endpoint,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1e3, 2),
+            **request.state.render,
+        }
+    )
+    return response
+
+
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(status_code=exc.status, content={"error": exc.error, "detail": exc.detail})
@@ -139,6 +184,7 @@ class Ingress:
     ):
         self.fetch, self.compose, self.encode = fetch, compose, encode
         self.config = AppConfig.model_validate(config)
+        _MAX_BODY_BYTES[0] = self.config.limits.max_body_bytes
         self.started = time.time()
         self._surveys: dict[str, HipsSurvey] = {}
         self._survey_errors: dict[str, tuple[float, str]] = {}

@@ -20,6 +20,7 @@ from skyrender.decode import decode_tile
 from skyrender.errors import SkyRenderError, TileDecodeError
 
 from .config import AppConfig
+from .telemetry import metrics, observe_stage, observe_tile
 
 log = logging.getLogger("ray.serve")
 
@@ -63,16 +64,30 @@ class TileFetch:
         )
         cache = self.config.cache
         self.cache = CacheClient(cache.name, max_bytes=cache.max_bytes) if cache.enabled else None
+        self._gauges_at = 0.0
+        self._evictions_seen = 0
 
     async def _decoded(self, location: str, fmt: str) -> np.ndarray:
+        start = time.perf_counter()
         data = await self.fetcher.fetch(location)
+        observe_tile(location, "downloaded", time.perf_counter() - start, len(data))
         # Decoding is CPU work: keep the event loop free for other fetches.
         return await asyncio.to_thread(decode_tile, data, fmt, max_pixels=self.config.limits.max_tile_pixels)
 
     async def _one(self, key: str, location: str, fmt: str) -> tuple[np.ndarray, str]:
-        if self.cache is None:
-            return await self._decoded(location, fmt), "fetched"
-        return await self.cache.get_or_fetch(key, lambda: self._decoded(location, fmt))
+        try:
+            if self.cache is None:
+                array, how = await self._decoded(location, fmt), "fetched"
+            else:
+                array, how = await self.cache.get_or_fetch(key, lambda: self._decoded(location, fmt))
+        except Exception as exc:
+            observe_tile(location, type(exc).__name__)
+            raise
+        observe_tile(location, how)
+        m = metrics()
+        if m is not None:
+            m.cache_events.inc(1, tags={"event": "hit" if how in ("hit", "coalesced") else "miss"})
+        return array, how
 
     async def get_tiles(self, requests: list[tuple[int, str, str, str]]) -> FetchedTiles:
         """Fetch ``(npix, cache_key, location, fmt)`` tiles concurrently.
@@ -105,7 +120,27 @@ class TileFetch:
             first = next(iter(out.broken.items()))
             raise NoUsableTiles(f"no usable tile: {first[0]}: {first[1]}")
         out.seconds = time.perf_counter() - start
+        observe_stage("fetch", out.seconds)
+        await self._publish_cache_gauges()
         return out
+
+    async def _publish_cache_gauges(self) -> None:
+        """Copy the cache actor's byte and entry counts into gauges, at most once a second."""
+        m = metrics()
+        now = time.monotonic()
+        if m is None or self.cache is None or now - self._gauges_at < 1.0:
+            return
+        self._gauges_at = now
+        try:
+            stats = await asyncio.wait_for(self.cache.stats(), timeout=1.0)
+        except Exception:  # a dead cache actor only costs us the gauges
+            return
+        m.cache_bytes.set(float(stats.get("bytes_held", 0)))
+        m.cache_entries.set(float(stats.get("entries", 0)))
+        evictions = int(stats.get("evictions", 0))
+        if evictions > self._evictions_seen:
+            m.cache_events.inc(evictions - self._evictions_seen, tags={"event": "eviction"})
+        self._evictions_seen = evictions
 
     async def probe(self, root: str) -> tuple[bool, str]:
         """Is the survey root reachable (its ``properties``, cached a few seconds)?"""
@@ -123,6 +158,8 @@ class Composed:
     backend: str
     seconds: float
     tiles_used: int
+    fetch_seconds: float = 0.0
+    tile_outcomes: dict[str, int] = field(default_factory=dict)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}, max_ongoing_requests=4)
@@ -133,6 +170,10 @@ class Compose:
         self.config = AppConfig.model_validate(config)
         self.backend, self._blender = _pick_backend(self.config.render.backend)
         log.info("compose backend: %s", self.backend)
+        m = metrics()
+        if m is not None:
+            for name in ("wgpu", "numpy"):
+                m.compose_backend.set(1.0 if name == self.backend else 0.0, tags={"backend": name})
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.backend}
@@ -212,11 +253,15 @@ class Encode:
                 else {"quality": self.config.render.jpeg_quality}
             )
             body, media_type = encode_image(img, fmt, **opts)
+        encode_s = time.perf_counter() - start
+        observe_stage("encode", encode_s)
         return {
             "body": body,
             "media_type": media_type,
-            "encode_s": time.perf_counter() - start,
+            "encode_s": encode_s,
             "compose_s": composed.seconds,
+            "fetch_s": composed.fetch_seconds,
+            "tile_outcomes": composed.tile_outcomes,
             "backend": composed.backend,
             "tiles_used": composed.tiles_used,
         }
