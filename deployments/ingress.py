@@ -33,7 +33,6 @@ from skyrender.tiles import TileId, parse_tile_url, tile_path
 
 from .config import AppConfig, SurveyConfig
 from .hips2fits import Hips2FitsError, parse_query
-from .telemetry import log_request, observe_request
 from .models import (
     ErrorBody,
     ManifestRequest,
@@ -44,6 +43,7 @@ from .models import (
     WcsValidateRequest,
     WcsValidateResponse,
 )
+from .telemetry import log_request, observe_request
 
 log = logging.getLogger("ray.serve")
 
