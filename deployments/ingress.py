@@ -370,7 +370,7 @@ class Ingress:
         plan = await asyncio.to_thread(plan_render, geom, survey, moc=self._mocs.get(cfg.name))
         tiles = []
         for t in plan.tiles:
-            tid = TileId(t.order, t.npix, survey.default_format)
+            tid = TileId(t.order, t.npix, survey.data_format)
             tiles.append(
                 {
                     "id": t.id,
@@ -398,7 +398,7 @@ class Ingress:
             body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection, body.rotation
         )
         plan = await asyncio.to_thread(plan_render, geom, survey, moc=self._mocs.get(cfg.name))
-        fmt = survey.default_format
+        fmt = survey.data_format
         tiles = [TileId(t.order, t.npix, fmt) for t in plan.tiles]
         display = {
             "format": body.format,
@@ -497,7 +497,7 @@ class Ingress:
             survey = await self._survey(cfg)
             geom = query.geometry
             plan = await asyncio.to_thread(plan_render, geom, survey, moc=self._mocs.get(cfg.name))
-            tiles = [TileId(t.order, t.npix, survey.default_format) for t in plan.tiles]
+            tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
             display = {
                 "format": query.format,
                 "cmap": query.cmap,

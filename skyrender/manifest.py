@@ -140,7 +140,7 @@ def tile_manifest(
     """
     if order is None:
         order = choose_order(geom.pixel_scale_deg, survey.tile_width, survey.order_min, survey.order)
-    fmt = fmt or survey.default_format
+    fmt = fmt or survey.data_format
     npix = field_tiles(geom, survey.frame, order, survey.tile_depth)
     npix = filter_by_moc(npix, order, moc)
     return [
