@@ -169,6 +169,9 @@ def fast_path_supported(wcs: WCS) -> bool:
     # PV1_* (fiducial point offsets) and PV2_* (projection parameters) change the maths.
     if any(i in (1, 2) for i, _, _ in w.get_pv()):
         return False
+    # wcslib's own distortions (TPD, e.g. from DSS plate solutions) only show in the header.
+    if any(k.startswith(("CQDIS", "CPDIS", "DQ", "DP")) for k in wcs.to_header(relax=True)):
+        return False
     # Only the default native reference point (φ0, θ0) is handled by the affine step.
     return True
 
