@@ -33,7 +33,7 @@ _D2R = math.pi / 180.0
 _R2D = 180.0 / math.pi
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _native_vector(code: int, x: float, y: float) -> tuple[float, float, float, bool]:
     """Inverse projection: intermediate world (x, y) [deg] → native unit vector.
 
@@ -116,7 +116,7 @@ def _native_vector(code: int, x: float, y: float) -> tuple[float, float, float, 
     return ct * math.cos(phi), ct * math.sin(phi), math.sin(theta), True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _kernel(code, width, height, x0, y0, step, crpix, cd, rot, lon_out, lat_out, valid_out):
     """Fill lon/lat [rad, lon in [0, 2π)] for pixels (x0 + i·step, y0 + j·step)."""
     two_pi = 2.0 * math.pi

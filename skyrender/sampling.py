@@ -173,6 +173,9 @@ def _blend(ipix, weights, shift, npix_sorted, offsets, planes, out):
     ushift = np.uint64(shift)
     flat = planes.reshape(n_channels, n_tiles * tile_size)
     for c in range(n_channels):
+        # Neighbouring pixels fall in the same tile: remember the last lookup.
+        last_t = np.int64(-1)
+        last_pos = 0
         for r in range(n_rows):
             acc = 0.0
             wsum = 0.0
@@ -184,7 +187,10 @@ def _blend(ipix, weights, shift, npix_sorted, offsets, planes, out):
                     continue
                 p = ipix[r, k]
                 t = np.int64(p >> ushift)
-                pos = np.searchsorted(npix_sorted, t)
+                if t != last_t:
+                    last_t = t
+                    last_pos = np.searchsorted(npix_sorted, t)
+                pos = last_pos
                 ok = False
                 if pos < n_tiles and npix_sorted[pos] == t:
                     v = flat[c, pos * tile_size + offsets[np.int64(p & mask)]]
