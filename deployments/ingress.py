@@ -5,8 +5,6 @@ worker stages by passing one stage's response straight into the next, so arrays 
 fetch → compose → encode without passing through here; only the encoded bytes return.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import logging
@@ -168,6 +166,44 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         for e in exc.errors()
     ]
     return JSONResponse(status_code=422, content={"error": "invalid request body", "detail": detail})
+
+
+def _dedupe(tiles: list[TileId]) -> list[TileId]:
+    seen: dict[int, TileId] = {}
+    for t in tiles:
+        seen.setdefault(t.npix, t)
+    return list(seen.values())
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The original exception inside Ray's wrappers (RayTaskError keeps it as ``cause``)."""
+    seen = 0
+    while seen < 5:
+        inner = getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+        seen += 1
+    return exc
+
+
+def _load_moc(survey: HipsSurvey):
+    """The survey's ``Moc.fits`` (a `mocpy.MOC`) or None when it has none."""
+    from skyrender.manifest import load_moc
+
+    try:
+        if survey.root.startswith(("http://", "https://")):
+            import httpx
+
+            r = httpx.get(f"{survey.root}/Moc.fits", timeout=5.0)
+            if r.status_code != 200:
+                return None
+            return load_moc(r.content)
+        p = Path(survey.root, "Moc.fits")
+        return load_moc(p.read_bytes()) if p.is_file() else None
+    except Exception as exc:  # a broken MOC only costs us the filtering
+        log.warning("MOC of %s unusable: %s", survey.root, exc)
+        return None
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -568,45 +604,3 @@ class Ingress:
         if not full.is_file():
             raise ApiError(404, "not found", path)
         return FileResponse(full)
-
-
-def _dedupe(tiles: list[TileId]) -> list[TileId]:
-    seen: dict[int, TileId] = {}
-    for t in tiles:
-        seen.setdefault(t.npix, t)
-    return list(seen.values())
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The original exception inside Ray's wrappers (RayTaskError keeps it as ``cause``)."""
-    seen = 0
-    while seen < 5:
-        inner = getattr(exc, "cause", None)
-        if not isinstance(inner, BaseException) or inner is exc:
-            break
-        exc = inner
-        seen += 1
-    return exc
-
-
-def _load_moc(survey: HipsSurvey):
-    """The survey's ``Moc.fits`` (a `mocpy.MOC`) or None when it has none."""
-    from skyrender.manifest import load_moc
-
-    try:
-        if survey.root.startswith(("http://", "https://")):
-            import httpx
-
-            r = httpx.get(f"{survey.root}/Moc.fits", timeout=5.0)
-            if r.status_code != 200:
-                return None
-            return load_moc(r.content)
-        p = Path(survey.root, "Moc.fits")
-        return load_moc(p.read_bytes()) if p.is_file() else None
-    except Exception as exc:  # a broken MOC only costs us the filtering
-        log.warning("MOC of %s unusable: %s", survey.root, exc)
-        return None
-
-
-def request_id() -> str:
-    return uuid.uuid4().hex

@@ -1,0 +1,213 @@
+"""The shared tile cache: decoded tiles in Ray's object store, indexed by one actor.
+
+The actor ``ray.put``s each tile itself, so the object outlives the replica that fetched
+it (an object dies with its owner), and any replica on any node reads it zero-copy from
+the object store. LRU by bytes; identical tiles requested while one is being fetched are
+coalesced into that one fetch. A dead actor degrades callers to fetching directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import ray
+
+log = logging.getLogger("ray.serve")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+class TileCache:
+    """LRU (by bytes) index of tiles held in the object store."""
+
+    def __init__(self, max_bytes: int, lease_timeout_s: float = 30.0):
+        self.max_bytes = int(max_bytes)
+        self.lease_timeout_s = lease_timeout_s
+        self._entries: OrderedDict[str, tuple[list[ray.ObjectRef], int]] = OrderedDict()
+        self._pending: dict[str, tuple[float, asyncio.Event]] = {}
+        self._failures: dict[str, str] = {}
+        self.bytes_held = 0
+        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "coalesced": 0, "puts": 0}
+
+    async def lease(self, key: str) -> tuple[str, list[ray.ObjectRef] | None]:
+        """("hit", [ref]) | ("fetch", None): you fetch it | ("wait", None): someone else is."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.counters["hits"] += 1
+            return "hit", entry[0]
+        pending = self._pending.get(key)
+        if pending is not None and time.monotonic() - pending[0] < self.lease_timeout_s:
+            self.counters["coalesced"] += 1
+            return "wait", None
+        self._pending[key] = (time.monotonic(), asyncio.Event())
+        self.counters["misses"] += 1
+        return "fetch", None
+
+    async def put(self, key: str, array: np.ndarray) -> list[ray.ObjectRef]:
+        """Store a decoded tile (the actor owns the object) and wake the waiters."""
+        ref = ray.put(array)
+        nbytes = int(array.nbytes)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes_held -= old[1]
+        if nbytes <= self.max_bytes:
+            self._entries[key] = ([ref], nbytes)
+            self.bytes_held += nbytes
+            self.counters["puts"] += 1
+            while self.bytes_held > self.max_bytes and self._entries:
+                _, (_, size) = self._entries.popitem(last=False)
+                self.bytes_held -= size
+                self.counters["evictions"] += 1
+        self._failures.pop(key, None)
+        self._release(key)
+        return [ref]
+
+    async def fail(self, key: str, reason: str) -> None:
+        """The fetch failed: waiters get the reason; nothing is cached."""
+        self._failures[key] = reason
+        self._release(key)
+
+    def _release(self, key: str) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending[1].set()
+
+    async def wait(self, key: str, timeout_s: float) -> tuple[str, Any]:
+        """("hit", [ref]) once the leaseholder puts it, ("failed", reason), or ("timeout", None)."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            try:
+                await asyncio.wait_for(pending[1].wait(), timeout=timeout_s)
+            except TimeoutError:
+                return "timeout", None
+        entry = self._entries.get(key)
+        if entry is not None:
+            return "hit", entry[0]
+        if key in self._failures:
+            return "failed", self._failures[key]
+        return "timeout", None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "entries": len(self._entries),
+            "bytes_held": self.bytes_held,
+            "max_bytes": self.max_bytes,
+            "in_flight": len(self._pending),
+        }
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes_held = 0
+
+
+class CacheUnavailable(Exception):
+    """The cache actor cannot be reached right now."""
+
+
+class CacheClient:
+    """Used by the fetch replicas: get a tile from the cache, or fetch it exactly once."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_bytes: int,
+        namespace: str = "skyrender",
+        call_timeout_s: float = 5.0,
+        wait_timeout_s: float = 30.0,
+        retry_after_s: float = 2.0,
+    ):
+        self.name, self.namespace, self.max_bytes = name, namespace, max_bytes
+        self.call_timeout_s, self.wait_timeout_s, self.retry_after_s = (
+            call_timeout_s,
+            wait_timeout_s,
+            retry_after_s,
+        )
+        self._actor = None
+        self._down_until = 0.0
+
+    def _handle(self):
+        if self._actor is None:
+            if time.monotonic() < self._down_until:
+                raise CacheUnavailable("cache actor recently unreachable")
+            try:
+                self._actor = TileCache.options(
+                    name=self.name, namespace=self.namespace, get_if_exists=True, lifetime="detached"
+                ).remote(self.max_bytes)
+            except Exception as exc:
+                self._down_until = time.monotonic() + self.retry_after_s
+                raise CacheUnavailable(str(exc)) from exc
+        return self._actor
+
+    async def _call(self, method: str, *args):
+        try:
+            actor = self._handle()
+            return await asyncio.wait_for(getattr(actor, method).remote(*args), timeout=self.call_timeout_s)
+        except CacheUnavailable:
+            raise
+        except Exception as exc:  # RayActorError, timeouts: look the actor up again later
+            self._actor = None
+            self._down_until = time.monotonic() + self.retry_after_s
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def get_or_fetch(
+        self, key: str, fetch: Callable[[], Awaitable[np.ndarray]]
+    ) -> tuple[np.ndarray, str]:
+        """(tile, how): how is "hit", "fetched", "coalesced" or "nocache" (actor down)."""
+        try:
+            state, refs = await self._call("lease", key)
+        except CacheUnavailable as exc:
+            log.warning("tile cache unavailable (%s): fetching %s directly", exc, key)
+            return await fetch(), "nocache"
+        if state == "hit":
+            try:
+                return await refs[0], "hit"
+            except Exception:  # the object was lost (e.g. its node died): fetch again
+                return await fetch(), "nocache"
+        if state == "wait":
+            try:
+                result, value = await asyncio.wait_for(
+                    self._call_wait(key), timeout=self.wait_timeout_s + self.call_timeout_s
+                )
+            except (CacheUnavailable, TimeoutError):
+                return await fetch(), "nocache"
+            if result == "hit":
+                return await value[0], "coalesced"
+            # The leaseholder failed (or vanished): fetch ourselves, so the error we raise,
+            # if any, is the real one (a 404 stays "uncovered", a refusal stays a 503).
+            return await fetch(), "nocache"
+        # We hold the lease: fetch, then publish (or report the failure to waiters).
+        try:
+            array = await fetch()
+        except BaseException as exc:
+            try:
+                await self._call("fail", key, f"{type(exc).__name__}: {exc}")
+            except CacheUnavailable:
+                pass
+            raise
+        try:
+            await self._call("put", key, array)
+        except CacheUnavailable:
+            pass
+        return array, "fetched"
+
+    async def _call_wait(self, key: str):
+        actor = self._handle()
+        try:
+            return await actor.wait.remote(key, self.wait_timeout_s)
+        except Exception as exc:
+            self._actor = None
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def stats(self) -> dict[str, Any]:
+        try:
+            return await self._call("stats")
+        except CacheUnavailable as exc:
+            return {"available": False, "detail": str(exc)}

@@ -1,0 +1,108 @@
+"""Start the real Serve application from ``serve_config.yaml`` on loopback, for tests.
+
+This is what ``serve run serve_config.yaml`` does (deploy the config's applications on a
+Serve instance), with the test's overrides: a free HTTP port, the test's surveys, and a
+Ray cluster started here and shut down after the module.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_config() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class ServeApp:
+    """A running Serve application; ``url`` is its HTTP base URL."""
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        *,
+        deployments: dict[str, dict[str, Any]] | None = None,
+        metrics_port: int | None = None,
+        timeout_s: float = 180.0,
+    ):
+        import ray
+        from ray import serve
+        from ray.serve._private import api as serve_api
+        from ray.serve.schema import ServeDeploySchema
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = load_config()
+        config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": self.port}
+        app = config["applications"][0]
+        app["args"] = _merge(app["args"], args)
+        for dep in app["deployments"]:
+            dep.update((deployments or {}).get(dep["name"], {}))
+        self.config = config
+        os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+        init_kwargs: dict[str, Any] = {
+            "num_cpus": 4,  # logical CPUs: fractional replicas fit; the machine has 2 cores
+            "include_dashboard": False,
+            "namespace": "serve",
+            "log_to_driver": False,
+        }
+        if metrics_port is not None:
+            init_kwargs["_metrics_export_port"] = metrics_port
+        ray.init(**init_kwargs)
+        client = serve_api.serve_start(http_options=config["http_options"])
+        client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = serve.status().applications.get(app["name"])
+            if status is not None and status.status == "RUNNING":
+                break
+            if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                self.close()
+                raise RuntimeError(f"application failed: {status.message}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError(f"application not RUNNING after {timeout_s} s: {status}")
+            time.sleep(0.5)
+        self.client = httpx.Client(base_url=self.url, timeout=60.0)
+        # The proxy may need a moment after RUNNING.
+        for _ in range(100):
+            try:
+                self.client.get("/openapi.json")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

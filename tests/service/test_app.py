@@ -1,0 +1,275 @@
+"""The HTTP contract end to end: the real Serve application (from serve_config.yaml) on
+loopback, with a real HTTP server on loopback serving CDS HiPS tiles as the upstream."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from PIL import Image
+
+from skyrender.display import to_display
+from skyrender.geometry import make_geometry
+from skyrender.properties import load_survey
+from skyrender.render import render_field
+
+from .loopback import StaticHips
+from .serve_harness import REPO_ROOT, ServeApp
+
+CACHE_BYTES = 8 * 1024 * 1024  # 8 DSS2 tiles (512² float32): small enough to evict
+
+
+@pytest.fixture(scope="module")
+def upstream(hips_dir):
+    server = StaticHips(hips_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(upstream):
+    args = {
+        "surveys": [
+            {"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red", "epoch": "1.1", "aliases": ["dss"]},
+            {"name": "irac4", "url": f"{upstream.url}/cds-spitzer-irac4"},
+            {"name": "gaia-rv", "url": f"{upstream.url}/cds-gaia-dr2-rv"},
+            {
+                "name": "dss2-red-e2",
+                "url": f"{upstream.url}/cds-dss2-red",
+                "epoch": "2.1",
+                "aliases": ["dss"],
+            },
+        ],
+        "build_sample_survey": False,
+        "cache": {"max_bytes": CACHE_BYTES},
+        "limits": {"max_width": 2048, "max_height": 2048, "max_pixels": 2048 * 1536, "max_tiles": 64},
+    }
+    served = ServeApp(args)
+    yield served
+    served.close()
+
+
+def _png(response) -> np.ndarray:
+    assert response.status_code == 200, response.text[:500]
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+FIELD = {"ra": 266.4, "dec": -28.9, "fovDeg": 4.0, "width": 320, "height": 240}
+
+
+def test_openapi_is_served_and_checked_in(app):
+    served = app.client.get("/openapi.json").json()
+    checked_in = json.loads((REPO_ROOT / "docs" / "openapi.json").read_text())
+    assert served == checked_in, "docs/openapi.json is stale: regenerate with scripts/export_openapi.py"
+    for path in (
+        "/render/preview",
+        "/render/snapshot",
+        "/v1/tile-manifest",
+        "/v1/preview",
+        "/v1/wcs-validate",
+        "/healthz",
+    ):
+        assert path in served["paths"]
+
+
+def test_manifest_tiles_exist_upstream(app):
+    r = app.client.post("/v1/tile-manifest", json={**FIELD, "epoch": "1.1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["survey"] == "dss2-red" and body["order"] == 3 and body["tiles"]
+    for tile in body["tiles"]:
+        assert set(tile) >= {"id", "url", "healpixNside", "order", "npix"}
+        assert tile["healpixNside"] == 8
+        assert httpx.get(tile["url"]).status_code == 200
+
+
+def test_epoch_selects_among_surveys(app):
+    a = app.client.post("/v1/tile-manifest", json={**FIELD, "survey": "dss", "epoch": "2.1"}).json()
+    assert a["survey"] == "dss2-red-e2" and a["epoch"] == "2.1"
+    missing = app.client.post("/v1/tile-manifest", json={**FIELD, "epoch": "9.9"})
+    assert missing.status_code == 404 and missing.json()["error"] == "unknown survey"
+
+
+def test_preview_png_equals_the_core_render(app, upstream):
+    body = {**FIELD, "format": "png", "colormap": "magma", "minCut": 4000, "maxCut": 12000, "scale": "sqrt"}
+    r = app.client.post("/v1/preview", json=body)
+    assert r.headers["content-type"] == "image/png"
+    picture = _png(r)
+    assert picture.shape[:2] == (240, 320)
+    # The same field through the core alone.
+    geom = make_geometry(266.4, -28.9, 4.0, 320, 240)
+    survey = load_survey(f"{upstream.url}/cds-dss2-red")
+
+    def load(tile):
+        from skyrender.decode import decode_tile
+
+        resp = httpx.get(tile.url)
+        return decode_tile(resp.content) if resp.status_code == 200 else None
+
+    image = render_field(geom, survey, load)
+    expected = to_display(image, min_cut=4000, max_cut=12000, stretch="sqrt", cmap="magma")
+    got_index = np.asarray(Image.open(io.BytesIO(r.content)))  # palette PNG: the index image
+    want = expected.index[::-1]
+    differ = got_index != want
+    # wgpu (f32 blend) and numpy may round a level apart at a few pixels; nothing more.
+    assert differ.mean() < 0.002
+    assert np.abs(got_index.astype(int) - want.astype(int)).max() <= 1
+    wcs = json.loads(r.headers["x-wcs"])
+    assert wcs["NAXIS1"] == 320 and wcs["NAXIS2"] == 240 and wcs["CTYPE1"] == "RA---TAN"
+    header = fits.Header()
+    for key, value in wcs.items():
+        header[key] = value
+    assert np.allclose(WCS(header).wcs_pix2world([[159.5, 119.5]], 0), [[266.4, -28.9]])
+
+
+def test_preview_jpeg(app):
+    r = app.client.post("/v1/preview", json={**FIELD, "format": "jpeg", "width": 200, "height": 100})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    im = Image.open(io.BytesIO(r.content))
+    assert im.format == "JPEG" and im.size == (200, 100)
+
+
+def test_galactic_survey_preview(app):
+    r = app.client.post("/v1/preview", json={**FIELD, "survey": "irac4", "projection": "SIN"})
+    picture = _png(r)
+    assert picture.shape[:2] == (240, 320)
+
+
+def test_render_preview_and_snapshot_from_tile_urls(app):
+    manifest = app.client.post("/v1/tile-manifest", json=FIELD).json()
+    urls = [t["url"] for t in manifest["tiles"]]
+    r = app.client.post(
+        "/render/preview",
+        json={"tiles": urls, "width": 300, "height": 200, "colormap": "gray", "scale": "asinh"},
+    )
+    assert _png(r).shape[:2] == (200, 300)
+    assert "x-wcs" in r.headers
+    snap = app.client.post("/render/snapshot", json={"tiles": urls[:2], "colormap": "viridis"})
+    assert _png(snap).shape[:2] == (512, 512)
+
+
+def test_wcs_validate(app, fits_dir):
+    header = dict(fits.getheader(fits_dir / "magpis_20cm_G10.5+0.0.fits"))
+    header = {k: v for k, v in header.items() if k not in ("COMMENT", "HISTORY", "")}
+    r = app.client.post("/v1/wcs-validate", json={"fitsHeader": header})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["valid"] is True and body["reprojected"]["projection"] == "SIN"
+    bad = app.client.post("/v1/wcs-validate", json={"fitsHeader": {**header, "CTYPE1": "GLON-XYZ"}})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid WCS"
+    assert "XYZ" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path,body,status",
+    [
+        ("/v1/preview", {**FIELD, "projection": "XYZ"}, 400),
+        ("/v1/preview", {**FIELD, "fovDeg": 0}, 422),
+        ("/v1/preview", {**FIELD, "fovDeg": 400}, 422),
+        ("/v1/preview", {**FIELD, "width": 100000}, 400),
+        ("/v1/preview", {**FIELD, "dec": 91}, 422),
+        ("/v1/preview", {**FIELD, "colormap": "no-such-map"}, 400),
+        ("/v1/preview", {**FIELD, "scale": "cubic"}, 422),
+        ("/v1/preview", {**FIELD, "maxCut": "150%"}, 422),
+        ("/v1/preview", {**FIELD, "survey": "nope"}, 404),
+        ("/v1/preview", {"ra": 1}, 422),
+        ("/render/preview", {"tiles": ["http://evil.example/Norder3/Dir0/Npix1.fits"]}, 403),
+        ("/render/preview", {"tiles": ["file:///etc/passwd"]}, 403),
+        ("/render/preview", {"tiles": []}, 422),
+        ("/v1/wcs-validate", {"fitsHeader": {"NAXIS1": "x"}}, 400),
+    ],
+)
+def test_bad_input_is_a_json_4xx(app, path, body, status):
+    r = app.client.post(path, json=body)
+    assert r.status_code == status, r.text
+    payload = r.json()
+    assert payload["error"] and "detail" in payload
+
+
+def test_non_finite_numbers_are_refused(app):
+    r = app.client.post(
+        "/v1/preview",
+        content=b'{"ra": NaN, "dec": 0, "fovDeg": 1}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+
+
+def test_tile_urls_off_root_are_refused(app, upstream):
+    other_port = f"http://127.0.0.1:{upstream.url.rsplit(':', 1)[1]}0/cds-dss2-red/Norder3/Dir0/Npix300.fits"
+    r = app.client.post("/render/preview", json={"tiles": [other_port]})
+    assert r.status_code == 403
+
+
+def test_second_request_is_served_from_the_cache(app, upstream):
+    body = {**FIELD, "ra": 268.0, "dec": -30.0, "fovDeg": 3.0}
+    assert app.client.post("/v1/preview", json=body).status_code == 200
+    before = upstream.tile_requests()
+    r = app.client.post("/v1/preview", json={**body, "colormap": "gray"})
+    assert r.status_code == 200
+    assert upstream.tile_requests() == before, "tiles were fetched again"
+
+
+def test_concurrent_identical_requests_fetch_each_tile_once(app, upstream):
+    body = {**FIELD, "ra": 263.0, "dec": -27.0, "fovDeg": 3.0}
+    manifest = app.client.post("/v1/tile-manifest", json=body).json()
+    paths = {httpx.URL(t["url"]).path for t in manifest["tiles"]}
+    before = {p: upstream.counts.get(p, 0) for p in paths}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: app.client.post("/v1/preview", json=body).status_code, range(8)))
+    assert codes == [200] * 8
+    fetched = {p: upstream.counts.get(p, 0) - before[p] for p in paths}
+    assert all(n <= 1 for n in fetched.values()), fetched
+
+
+def test_cache_holds_its_byte_budget(app, upstream, hips_dir):
+    names = sorted(p.name for p in (hips_dir / "cds-dss2-red" / "Norder3" / "Dir0").glob("*.fits"))
+    urls = [f"{upstream.url}/cds-dss2-red/Norder3/Dir0/{name}" for name in names]
+    assert len(urls) > 8
+    r = app.client.post("/render/snapshot", json={"tiles": urls, "width": 256, "height": 256})
+    assert r.status_code == 200, r.text
+    stats = app.client.get("/v1/stats").json()["cache"]
+    assert stats["bytes_held"] <= CACHE_BYTES
+    assert stats["evictions"] > 0
+
+
+def test_autoscaling_comes_from_serve_config(app):
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    deployments = details["applications"]["skyrender"]["deployments"]
+    yaml_deps = {d["name"]: d for d in app.config["applications"][0]["deployments"]}
+    for name, dep in yaml_deps.items():
+        live = deployments[name]["deployment_config"]
+        want = dep["autoscaling_config"]
+        for key in ("min_replicas", "max_replicas", "target_ongoing_requests"):
+            assert live["autoscaling_config"][key] == want[key], (name, key)
+        assert live["max_ongoing_requests"] == dep["max_ongoing_requests"]
+        assert live["ray_actor_options"]["num_cpus"] == dep["ray_actor_options"]["num_cpus"]
+
+
+def test_healthz_then_503_when_upstream_stops(app, upstream):
+    r = app.client.get("/healthz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok" and body["compose"]["backend"] in ("wgpu", "numpy")
+    upstream.stop()
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while True:
+            r = app.client.get("/healthz")
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert r.status_code == 503
+        assert r.json()["error"] == "upstream unavailable"
+    finally:
+        upstream.start()
