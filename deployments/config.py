@@ -74,6 +74,19 @@ class CacheConfig(BaseModel):
     enabled: bool = True
     name: str = "skyrender-tile-cache"
     max_bytes: int = 512 * 1024 * 1024
+    disk_enabled: bool = True
+    disk_dir: str = Field(
+        "${SKYRENDER_CACHE_DIR:-/tmp/skyrender-cache}", description="scratch volume for tile bytes"
+    )
+    disk_max_bytes: int = 2 * 1024 * 1024 * 1024
+    min_free_disk_bytes: int = Field(
+        256 * 1024 * 1024, description="/healthz is 503 below this much free disk"
+    )
+
+    @field_validator("disk_dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return str(Path(expand_env(v)).expanduser().resolve())
 
 
 class RenderConfig(BaseModel):

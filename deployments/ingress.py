@@ -30,6 +30,7 @@ from skyrender.render import plan_render
 from skyrender.tiles import TileId, parse_tile_url, tile_path
 
 from .config import AppConfig, SurveyConfig
+from .disk_cache import disk_free_bytes
 from .hips2fits import Hips2FitsError, parse_query
 from .models import (
     ErrorBody,
@@ -88,6 +89,7 @@ def _status_of(exc: BaseException) -> ApiError:
 
     mapping: list[tuple[type, int, str]] = [
         (upstream.URLNotAllowed, 403, "tile URL not allowed"),
+        (upstream.NoUsableTiles, 502, "no usable tiles"),
         (upstream.UpstreamUnavailable, 503, "upstream unavailable"),
         (upstream.UpstreamTimeout, 504, "upstream timeout"),
         (upstream.UpstreamHTTPError, 502, "upstream error"),
@@ -98,9 +100,16 @@ def _status_of(exc: BaseException) -> ApiError:
     for cls, status, error in mapping:
         if isinstance(exc, cls):
             return ApiError(status, error, _message(exc))
-    if type(exc).__name__ == "NoUsableTiles" or "NoUsableTiles" in str(type(exc)):
-        return ApiError(502, "no usable tiles", _message(exc))
+    if _is_replica_death(exc):
+        return ApiError(503, "service unavailable", "a worker replica died; retry")
     raise exc
+
+
+def _is_replica_death(exc: BaseException) -> bool:
+    """A stage's replica died under the request (killed, OOM, node lost): worth one retry."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
 
 
 def _message(exc: BaseException) -> str:
@@ -307,11 +316,9 @@ class Ingress:
         display = {**display, "header": geom.header() if display["format"] == "fits" else None}
         if survey.pixel_cut and display.get("min_cut") is None and display.get("max_cut") is None:
             display["survey_cut"] = survey.pixel_cut
-        fetched = self.fetch.get_tiles.remote(requests)
-        composed = self.compose.render.remote(spec, fetched)
-        deadline = self.config.upstream.request_deadline_s + 5.0
+        deadline = self.config.upstream.request_deadline_s + 1.0
         try:
-            result = await asyncio.wait_for(self.encode.encode.remote(display, composed), timeout=deadline)
+            result = await asyncio.wait_for(self._chain(requests, spec, display), timeout=deadline)
         except TimeoutError:
             raise ApiError(
                 504, "upstream timeout", f"render did not finish within {deadline:.1f} s"
@@ -327,6 +334,19 @@ class Ingress:
             "Cache-Control": "public, max-age=3600",
         }
         return Response(content=result["body"], media_type=result["media_type"], headers=headers)
+
+    async def _chain(self, requests: list, spec: dict[str, Any], display: dict[str, Any]) -> dict[str, Any]:
+        """fetch → compose → encode, passing each response on; once more if a replica died."""
+        for attempt in (1, 2):
+            fetched = self.fetch.get_tiles.remote(requests)
+            composed = self.compose.render.remote(spec, fetched)
+            try:
+                return await self.encode.encode.remote(display, composed)
+            except Exception as exc:
+                if attempt == 2 or not _is_replica_death(_unwrap(exc)):
+                    raise
+                log.warning("a replica died during a render; retrying once: %s", _message(_unwrap(exc)))
+        raise AssertionError("unreachable")
 
     def _check_size(self, width: int, height: int) -> None:
         lim = self.config.limits
@@ -478,7 +498,14 @@ class Ingress:
             cache = await asyncio.wait_for(self.fetch.cache_stats.remote(), timeout=5.0)
         except Exception as exc:
             cache = {"error": str(exc)}
-        ok = all(s["ok"] for s in surveys.values())
+        cache_cfg = self.config.cache
+        disk: dict[str, Any] = {"directory": cache_cfg.disk_dir}
+        try:
+            disk["free_bytes"] = await asyncio.to_thread(disk_free_bytes, cache_cfg.disk_dir)
+            disk["ok"] = disk["free_bytes"] >= cache_cfg.min_free_disk_bytes
+        except OSError as exc:
+            disk.update(free_bytes=None, ok=False, detail=str(exc))
+        ok = all(s["ok"] for s in surveys.values()) and disk["ok"]
         body = {
             "status": "ok" if ok else "degraded",
             "version": skyrender.__version__,
@@ -486,10 +513,14 @@ class Ingress:
             "compose": compose,
             "cache": cache,
             "surveys": surveys,
+            "disk": disk,
         }
         if not ok:
             bad = [f"{n}: {s['detail']}" for n, s in surveys.items() if not s["ok"]]
-            body["error"] = "upstream unavailable"
+            body["error"] = "upstream unavailable" if bad else "disk space low"
+            if not disk["ok"]:
+                free, minimum = disk["free_bytes"], cache_cfg.min_free_disk_bytes
+                bad.append(f"{free} bytes free in {cache_cfg.disk_dir}, minimum {minimum}")
             body["detail"] = "; ".join(bad)
         return JSONResponse(status_code=200 if ok else 503, content=body)
 

@@ -17,16 +17,12 @@ import numpy as np
 from ray import serve
 
 from skyrender.decode import decode_tile
-from skyrender.errors import SkyRenderError, TileDecodeError
+from skyrender.errors import TileDecodeError
 
 from .config import AppConfig
 from .telemetry import metrics, observe_stage, observe_tile
 
 log = logging.getLogger("ray.serve")
-
-
-class NoUsableTiles(SkyRenderError):
-    """Every tile of a render failed to decode: the upstream serves something broken."""
 
 
 @dataclass
@@ -60,17 +56,40 @@ class TileFetch:
                 per_host_limit=up.per_host_concurrency,
                 max_tile_bytes=self.config.limits.max_tile_bytes,
                 probe_cache_s=up.probe_cache_s,
+                deadline_s=up.request_deadline_s,
             ),
         )
+        self.disk = None
+        if self.config.cache.disk_enabled:
+            from .disk_cache import DiskTileCache
+
+            try:
+                self.disk = DiskTileCache(self.config.cache.disk_dir, self.config.cache.disk_max_bytes)
+            except OSError as exc:  # no scratch volume: run without the disk tier
+                log.warning("disk cache disabled: %s", exc)
         cache = self.config.cache
         self.cache = CacheClient(cache.name, max_bytes=cache.max_bytes) if cache.enabled else None
         self._gauges_at = 0.0
         self._evictions_seen = 0
 
-    async def _decoded(self, location: str, fmt: str) -> np.ndarray:
+    async def _raw(self, location: str) -> bytes:
+        """Tile bytes: from the disk tier when there, else from upstream (then kept on disk)."""
+        remote = location.startswith(("http://", "https://"))
+        if remote and self.disk is not None:
+            self.fetcher.policy.check(location)  # the disk tier never bypasses the root policy
+            data = await asyncio.to_thread(self.disk.get, location)
+            if data is not None:
+                observe_tile(location, "disk")
+                return data
         start = time.perf_counter()
         data = await self.fetcher.fetch(location)
         observe_tile(location, "downloaded", time.perf_counter() - start, len(data))
+        if remote and self.disk is not None:
+            await asyncio.to_thread(self.disk.put, location, data)
+        return data
+
+    async def _decoded(self, location: str, fmt: str) -> np.ndarray:
+        data = await self._raw(location)
         # Decoding is CPU work: keep the event loop free for other fetches.
         return await asyncio.to_thread(decode_tile, data, fmt, max_pixels=self.config.limits.max_tile_pixels)
 
@@ -95,7 +114,7 @@ class TileFetch:
         Missing tiles (404) and undecodable ones are reported, not raised: the area is
         rendered as uncovered. Upstream failures (unreachable, timeout, 5xx) raise.
         """
-        from .upstream import TileNotFound
+        from .upstream import NoUsableTiles, TileNotFound, TileTooLarge
 
         start = time.perf_counter()
         out = FetchedTiles()
@@ -106,7 +125,7 @@ class TileFetch:
             if isinstance(res, TileNotFound):
                 out.missing.append(key)
                 out.outcomes["missing"] = out.outcomes.get("missing", 0) + 1
-            elif isinstance(res, TileDecodeError):
+            elif isinstance(res, (TileDecodeError, TileTooLarge)):
                 log.warning("tile %s skipped: %s", key, res)
                 out.broken[key] = str(res)
                 out.outcomes["broken"] = out.outcomes.get("broken", 0) + 1
@@ -147,7 +166,10 @@ class TileFetch:
         return await self.fetcher.probe(root)
 
     async def cache_stats(self) -> dict[str, Any]:
-        return await self.cache.stats() if self.cache is not None else {"enabled": False}
+        stats = await self.cache.stats() if self.cache is not None else {"enabled": False}
+        if self.disk is not None:
+            stats["disk"] = await asyncio.to_thread(self.disk.stats)
+        return stats
 
 
 @dataclass

@@ -48,6 +48,13 @@ class UpstreamHTTPError(UpstreamError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self):  # crosses Ray process boundaries: keep both arguments
+        return type(self), (self.status, self.args[0])
+
+
+class NoUsableTiles(UpstreamError):
+    """Every tile of a render was broken (corrupt, truncated, wrong type, too large)."""
+
 
 class TileTooLarge(UpstreamError):
     """The tile is larger than the per-tile byte limit."""
@@ -65,7 +72,7 @@ class FetchConfig:
     max_tile_bytes: int = 8 * 1024 * 1024
     max_redirects: int = 3
     probe_cache_s: float = 5.0
-    deadline_s: float = 10.0
+    deadline_s: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,9 @@ class ServeApp:
         config = load_config()
         config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": self.port}
         app = config["applications"][0]
-        app["args"] = _merge(app["args"], args)
+        # Each test module gets its own disk-cache directory unless it names one.
+        self.cache_dir = tempfile.mkdtemp(prefix="skyrender-cache-")
+        app["args"] = _merge(_merge(app["args"], {"cache": {"disk_dir": self.cache_dir}}), args)
         for dep in app["deployments"]:
             dep.update((deployments or {}).get(dep["name"], {}))
         self.config = config
@@ -106,3 +110,4 @@ class ServeApp:
             serve.shutdown()
         finally:
             ray.shutdown()
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
