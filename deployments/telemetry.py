@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
-request_log = logging.getLogger("skyrender.requests")
+# A child of "ray.serve": Serve writes it to the replica log files (JSON-encoded there).
+request_log = logging.getLogger("ray.serve.skyrender.requests")
 
 
 class _Metrics:
