@@ -227,7 +227,12 @@ class Compose:
 
 
 def _pick_backend(wanted: str):
-    """("wgpu", blender) when asked for or auto and an adapter exists; else ("numpy", None)."""
+    """("wgpu", blender) or ("numpy", None).
+
+    ``wgpu`` uses any adapter, a software one included (lavapipe: how CI runs the shader);
+    ``auto`` uses wgpu only on a hardware GPU, since a CPU-emulated adapter is slower than
+    the numpy path on the same cores.
+    """
     if wanted in ("auto", "wgpu"):
         try:
             from skyrender.gpu import WgpuBlender
@@ -236,10 +241,12 @@ def _pick_backend(wanted: str):
         except Exception as exc:  # a broken driver must not stop the replica
             log.warning("wgpu unavailable (%s): using numpy", exc)
             blender = None
-        if blender is not None:
+        if blender is not None and (wanted == "wgpu" or blender.adapter_info["adapter_type"] != "CPU"):
             return "wgpu", blender
         if wanted == "wgpu":
             log.warning("backend 'wgpu' requested but no adapter found: using numpy")
+        elif blender is not None:
+            log.info("wgpu adapter %s is CPU-emulated: using numpy", blender.adapter_info["device"])
     return "numpy", None
 
 

@@ -48,6 +48,7 @@ def app(upstream):
         ],
         "build_sample_survey": False,
         "cache": {"max_bytes": CACHE_BYTES},
+        "render": {"backend": "wgpu"},  # the shader path, on lavapipe here
         "limits": {"max_width": 2048, "max_height": 2048, "max_pixels": 2048 * 1536, "max_tiles": 64},
     }
     served = ServeApp(args)
@@ -258,7 +259,8 @@ def test_healthz_then_503_when_upstream_stops(app, upstream):
     r = app.client.get("/healthz")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["status"] == "ok" and body["compose"]["backend"] in ("wgpu", "numpy")
+    assert body["status"] == "ok" and body["compose"]["backend"] == "wgpu", body["compose"]
+    assert body["compose"]["adapter"]["backend_type"]
     upstream.stop()
     try:
         import time
