@@ -29,7 +29,8 @@ log = logging.getLogger("ray.serve")
 class FetchedTiles:
     """What the fetch stage hands to compose: decoded tiles and how they were obtained."""
 
-    tiles: dict[int, np.ndarray] = field(default_factory=dict)
+    #: npix → the decoded tile, or an ObjectRef to it in the object store (cache hits).
+    tiles: dict[int, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     broken: dict[str, str] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -166,7 +167,10 @@ class TileFetch:
         return await self.fetcher.probe(root)
 
     async def cache_stats(self) -> dict[str, Any]:
+        import ray
+
         stats = await self.cache.stats() if self.cache is not None else {"enabled": False}
+        stats["fetch_node_id"] = ray.get_runtime_context().get_node_id()
         if self.disk is not None:
             stats["disk"] = await asyncio.to_thread(self.disk.stats)
         return stats
@@ -191,14 +195,39 @@ class Compose:
     def __init__(self, config: dict[str, Any]):
         self.config = AppConfig.model_validate(config)
         self.backend, self._blender = _pick_backend(self.config.render.backend)
+        self.store_reads = 0
         log.info("compose backend: %s", self.backend)
         m = metrics()
         if m is not None:
             for name in ("wgpu", "numpy"):
                 m.compose_backend.set(1.0 if name == self.backend else 0.0, tags={"backend": name})
 
+    def _resolve(self, tiles: dict[int, Any]) -> dict[int, np.ndarray]:
+        """Read the tiles held as object-store references (from any node) in one batch."""
+        import ray
+
+        refs = {n: t for n, t in tiles.items() if isinstance(t, ray.ObjectRef)}
+        out = {n: t for n, t in tiles.items() if not isinstance(t, ray.ObjectRef)}
+        if refs:
+            try:
+                values = ray.get(list(refs.values()), timeout=self.config.upstream.request_deadline_s)
+            except Exception as exc:  # an object lost with its node: render without those tiles
+                log.warning("tiles lost from the object store (%s): rendering without them", exc)
+                values = [None] * len(refs)
+            for n, v in zip(refs, values, strict=True):
+                if v is not None:
+                    out[n] = v
+            self.store_reads += len(refs)
+        return out
+
     def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"backend": self.backend}
+        import ray
+
+        info: dict[str, Any] = {
+            "backend": self.backend,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "tiles_read_from_object_store": self.store_reads,
+        }
         if self._blender is not None:
             info["adapter"] = self._blender.adapter_info
         return info
@@ -209,7 +238,7 @@ class Compose:
         from skyrender.sampling import TileSet
 
         start = time.perf_counter()
-        tiles = TileSet.from_tiles(spec["order"], fetched.tiles, tile_width=spec["tile_width"])
+        tiles = TileSet.from_tiles(spec["order"], self._resolve(fetched.tiles), tile_width=spec["tile_width"])
         image = reproject(
             spec["geometry"],
             tiles,

@@ -100,6 +100,7 @@ class TileCache:
             "bytes_held": self.bytes_held,
             "max_bytes": self.max_bytes,
             "in_flight": len(self._pending),
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
 
     def clear(self) -> None:
@@ -159,18 +160,20 @@ class CacheClient:
 
     async def get_or_fetch(
         self, key: str, fetch: Callable[[], Awaitable[np.ndarray]]
-    ) -> tuple[np.ndarray, str]:
-        """(tile, how): how is "hit", "fetched", "coalesced" or "nocache" (actor down)."""
+    ) -> tuple[ray.ObjectRef | np.ndarray, str]:
+        """(tile, how): how is "hit", "fetched", "coalesced" or "nocache" (actor down).
+
+        The tile is an ObjectRef into the object store whenever the cache has it: the
+        caller passes it on unresolved, and the consumer (compose, on any node) reads it
+        from the object store. Only "nocache" returns the array itself.
+        """
         try:
             state, refs = await self._call("lease", key)
         except CacheUnavailable as exc:
             log.warning("tile cache unavailable (%s): fetching %s directly", exc, key)
             return await fetch(), "nocache"
         if state == "hit":
-            try:
-                return await refs[0], "hit"
-            except Exception:  # the object was lost (e.g. its node died): fetch again
-                return await fetch(), "nocache"
+            return refs[0], "hit"
         if state == "wait":
             try:
                 result, value = await asyncio.wait_for(
@@ -179,7 +182,7 @@ class CacheClient:
             except (CacheUnavailable, TimeoutError):
                 return await fetch(), "nocache"
             if result == "hit":
-                return await value[0], "coalesced"
+                return value[0], "coalesced"
             # The leaseholder failed (or vanished): fetch ourselves, so the error we raise,
             # if any, is the real one (a 404 stays "uncovered", a refusal stays a 503).
             return await fetch(), "nocache"
@@ -193,10 +196,10 @@ class CacheClient:
                 pass
             raise
         try:
-            await self._call("put", key, array)
+            refs = await self._call("put", key, array)
         except CacheUnavailable:
-            pass
-        return array, "fetched"
+            return array, "nocache"
+        return refs[0], "fetched"
 
     async def _call_wait(self, key: str):
         actor = self._handle()
