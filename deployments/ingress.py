@@ -126,8 +126,8 @@ _MAX_BODY_BYTES = [1024 * 1024]
 @app.middleware("http")
 async def _request_context(request: Request, call_next):
     """Request id (from NestJS's X-Request-ID or new), body limit, one JSON log line, metrics."""
-    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-    rid = rid[:128]
+    # Serve's proxy already takes X-Request-ID (or makes one) and echoes it in the response.
+    rid = (request.headers.get("x-request-id") or _serve_request_id() or uuid.uuid4().hex)[:128]
     request.state.request_id = rid
     request.state.render = {}
     start = time.perf_counter()
@@ -148,7 +148,6 @@ async def _request_context(request: Request, call_next):
     seconds = time.perf_counter() - start
     route = request.scope.get("route")
     endpoint = getattr(route, "path", None) or "unmatched"
-    response.headers["X-Request-ID"] = rid
     observe_request(endpoint, response.status_code, seconds)
     log_request(
         {
@@ -161,6 +160,15 @@ async def _request_context(request: Request, call_next):
         }
     )
     return response
+
+
+def _serve_request_id() -> str | None:
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:
+        return None
 
 
 @app.exception_handler(ApiError)
@@ -316,17 +324,39 @@ class Ingress:
         display = {**display, "header": geom.header() if display["format"] == "fits" else None}
         if survey.pixel_cut and display.get("min_cut") is None and display.get("max_cut") is None:
             display["survey_cut"] = survey.pixel_cut
+        state = request.state.render
+        state.update(
+            survey=cfg.name, order=order, tiles_requested=len(tiles), width=geom.width, height=geom.height
+        )
         deadline = self.config.upstream.request_deadline_s + 1.0
         try:
             result = await asyncio.wait_for(self._chain(requests, spec, display), timeout=deadline)
         except TimeoutError:
+            state["outcome"] = "timeout"
+            log.warning("render %s timed out after %.1f s", request.state.request_id, deadline)
             raise ApiError(
                 504, "upstream timeout", f"render did not finish within {deadline:.1f} s"
             ) from None
         except ApiError:
             raise
         except Exception as exc:
-            raise _status_of(_unwrap(exc)) from None
+            error = _status_of(_unwrap(exc))
+            state.update(outcome=error.error, cause=str(error.detail))
+            log.warning("render %s failed: %s: %s", request.state.request_id, error.error, error.detail)
+            raise error from None
+        outcomes = result["tile_outcomes"]
+        state.update(
+            outcome="ok",
+            backend=result["backend"],
+            tiles_used=result["tiles_used"],
+            tiles_fetched=outcomes.get("fetched", 0) + outcomes.get("nocache", 0),
+            tiles_from_cache=outcomes.get("hit", 0) + outcomes.get("coalesced", 0),
+            tiles_missing=outcomes.get("missing", 0),
+            tiles_broken=outcomes.get("broken", 0),
+            fetch_ms=round(result["fetch_s"] * 1e3, 2),
+            compose_ms=round(result["compose_s"] * 1e3, 2),
+            encode_ms=round(result["encode_s"] * 1e3, 2),
+        )
         headers = {
             "X-WCS": json.dumps(geom.wcs_keywords(), separators=(",", ":")),
             "X-Compose-Backend": result["backend"],

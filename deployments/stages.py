@@ -247,11 +247,19 @@ class Compose:
             num_threads=self.config.render.num_threads,
             blender=self._blender.blend if self._blender is not None else None,
         )
+        seconds = time.perf_counter() - start
+        observe_stage("compose", seconds)
+        m = metrics()
+        if m is not None:
+            m.compose_renders.inc(1, tags={"backend": self.backend})
+            m.compose_backend.set(1.0, tags={"backend": self.backend})
         return Composed(
             image=image,
             backend=self.backend,
-            seconds=time.perf_counter() - start,
+            seconds=seconds,
             tiles_used=len(fetched.tiles),
+            fetch_seconds=fetched.seconds,
+            tile_outcomes=dict(fetched.outcomes),
         )
 
 

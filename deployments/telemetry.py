@@ -70,6 +70,11 @@ class _Metrics:
             "Compose backend in use (1 for the active one)",
             tag_keys=("backend",),
         )
+        self.compose_renders = Counter(
+            "skyrender_compose_renders_total",
+            "Reprojections by compose backend (wgpu, numpy)",
+            tag_keys=("backend",),
+        )
 
 
 @lru_cache(maxsize=1)

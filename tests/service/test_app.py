@@ -275,3 +275,25 @@ def test_healthz_then_503_when_upstream_stops(app, upstream):
         assert r.json()["error"] == "upstream unavailable"
     finally:
         upstream.start()
+
+
+def test_request_id_is_echoed_and_logged_as_json(app):
+    r = app.client.post("/v1/preview", json={**FIELD, "ra": 265.0}, headers={"X-Request-ID": "nestjs-req-42"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "nestjs-req-42"
+    assert app.client.get("/healthz").headers["x-request-id"]  # generated when absent
+    import glob
+    import time
+
+    deadline = time.monotonic() + 10
+    record = None
+    while record is None and time.monotonic() < deadline:
+        for path in glob.glob("/tmp/ray/session_latest/logs/serve/replica_skyrender_Ingress_*.log"):
+            for line in open(path, encoding="utf-8", errors="replace"):
+                if "nestjs-req-42" in line and "tiles_requested" in line:
+                    outer = json.loads(line)
+                    record = json.loads(outer["message"])
+        time.sleep(0.5)
+    assert record is not None, "no JSON request line in the ingress log"
+    assert record["request_id"] == "nestjs-req-42" and record["status"] == 200 and record["outcome"] == "ok"
+    assert record["endpoint"] == "/v1/preview" and record["tiles_requested"] >= 1
+    assert {"fetch_ms", "compose_ms", "encode_ms", "tiles_fetched", "tiles_from_cache"} <= set(record)

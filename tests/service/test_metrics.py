@@ -1,0 +1,78 @@
+"""Prometheus metrics through Ray's metrics export port: the series move after requests."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .loopback import StaticHips
+from .serve_harness import ServeApp, free_port
+
+
+@pytest.fixture(scope="module")
+def served(hips_dir):
+    upstream = StaticHips(hips_dir)
+    port = free_port()
+    app = ServeApp(
+        {
+            "surveys": [{"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"}],
+            "build_sample_survey": False,
+        },
+        metrics_port=port,
+    )
+    yield app, port
+    app.close()
+    upstream.stop()
+
+
+def _scrape(port: int) -> dict[str, list]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+def _total(samples, **labels) -> float:
+    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_series_move_after_requests(served):
+    app, port = served
+    field = {"ra": 266.4, "dec": -28.9, "fovDeg": 3.0, "width": 128, "height": 96}
+    assert app.client.post("/v1/preview", json=field).status_code == 200
+    assert app.client.post("/v1/preview", json=field).status_code == 200
+    assert app.client.post("/v1/tile-manifest", json=field).status_code == 200
+    assert app.client.post("/v1/preview", json={**field, "projection": "XYZ"}).status_code == 400
+    wanted = [
+        "ray_skyrender_requests_total",
+        "ray_skyrender_request_seconds_bucket",
+        "ray_skyrender_stage_seconds_bucket",
+        "ray_skyrender_tile_fetches_total",
+        "ray_skyrender_cache_events_total",
+        "ray_skyrender_compose_renders_total",
+    ]
+    deadline = time.monotonic() + 60
+    while True:
+        series = _scrape(port)
+        if all(name in series for name in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in series]
+    assert not missing, f"missing series {missing}; have {sorted(k for k in series if 'skyrender' in k)}"
+    requests = series["ray_skyrender_requests_total"]
+    assert _total(requests, endpoint="/v1/preview", status="200") >= 2
+    assert _total(requests, endpoint="/v1/preview", status="400") >= 1
+    assert _total(requests, endpoint="/v1/tile-manifest", status="200") >= 1
+    stages = {s.labels["stage"] for s in series["ray_skyrender_stage_seconds_bucket"]}
+    assert stages >= {"fetch", "compose", "encode"}
+    outcomes = {s.labels["outcome"] for s in series["ray_skyrender_tile_fetches_total"]}
+    assert "downloaded" in outcomes and outcomes & {"hit", "fetched"}
+    assert _total(series["ray_skyrender_cache_events_total"], event="hit") >= 1
+    backends = {s.labels["backend"] for s in series["ray_skyrender_compose_renders_total"]}
+    assert backends and backends <= {"wgpu", "numpy"}
+    assert any(s.name.startswith("ray_serve_") for v in series.values() for s in v)
