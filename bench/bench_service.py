@@ -1,0 +1,161 @@
+"""Latency and throughput of the running service through HTTP on loopback.
+
+Starts the real Serve application (serve_config.yaml) with a loopback HTTP upstream
+serving CDS tiles, then measures per endpoint p50/p95/p99, cold (tiles never fetched)
+and warm previews, PANNING (a new centre every request, tiles warm: what a viewer does),
+and 512² snapshot throughput with 8 concurrent clients. In the same run it times a
+hips2fits-style peer (astropy WCS pixel_to_world + cdshealpix bilinear + numpy gather,
+CDS's method) on the same 1024x768 field, for the ratio.
+
+    python bench/bench_service.py           # full
+    python bench/bench_service.py --short   # CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.service.loopback import StaticHips  # noqa: E402
+from tests.service.serve_harness import ServeApp  # noqa: E402
+
+HIPS = ROOT.parent / "shared" / "data" / "hips"
+CENTRE = (266.4, -28.9)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3
+
+
+def timed(fn, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        response = fn(i)
+        out.append(time.perf_counter() - t0)
+        assert response.status_code == 200, response.text[:300]
+    return out
+
+
+def row(name: str, times: list[float], target: str = "") -> None:
+    print(f"{name:<44}{pct(times, 50):9.1f}{pct(times, 95):9.1f}{pct(times, 99):9.1f}   {target}")
+
+
+def hips2fits_method_ms(repeats: int) -> float:
+    """CDS's method on the same decoded tiles: astropy WCS + cdshealpix bilinear + numpy gather."""
+    from cdshealpix import nested
+
+    from skyrender.decode import decode_tile
+    from skyrender.geometry import make_geometry
+    from skyrender.sampling import subpixel_offsets
+
+    tiles = {}
+    for path in (HIPS / "cds-dss2-red" / "Norder3" / "Dir0").glob("*.fits"):
+        tiles[int(path.stem[4:])] = decode_tile(path.read_bytes())
+    keys = np.array(sorted(tiles))
+    stack = np.stack([tiles[k] for k in keys]).reshape(len(keys), -1)
+    offsets = subpixel_offsets(9)
+    geom = make_geometry(*CENTRE, 2.0, 1024, 768)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ys, xs = np.mgrid[0:768, 0:1024]
+        sky = geom.wcs.pixel_to_world(xs, ys)
+        ipix, weights = nested.bilinear_interpolation(sky.ra.ravel(), sky.dec.ravel(), 12)
+        ipix = np.asarray(ipix).astype(np.int64)
+        tile = ipix >> 18
+        pos = np.clip(np.searchsorted(keys, tile), 0, len(keys) - 1)
+        values = stack[pos, offsets[ipix & (2**18 - 1)]]
+        values[keys[pos] != tile] = np.nan
+        _ = np.nansum(values * np.asarray(weights), axis=1).reshape(768, 1024)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="CI mode: fewer requests")
+    args = parser.parse_args(argv)
+    n = 15 if args.short else 60
+    upstream = StaticHips(HIPS)
+    app = ServeApp(
+        {
+            "surveys": [{"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"}],
+            "build_sample_survey": False,
+        }
+    )
+    http = app.client
+    rng = np.random.default_rng(7)
+    try:
+        print(f"# skyrender service benchmark ({'short' if args.short else 'full'}), loopback, 2 cores")
+        print(f"{'measurement':<44}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}   target")
+        manifest = {"ra": CENTRE[0], "dec": CENTRE[1], "fovDeg": 2.0, "width": 1024, "height": 768}
+        row(
+            "POST /v1/tile-manifest",
+            timed(lambda i: http.post("/v1/tile-manifest", json=manifest), n),
+            "p50 <= 5",
+        )
+        header = {"NAXIS1": 512, "NAXIS2": 512, "CTYPE1": "RA---SIN", "CTYPE2": "DEC--SIN", "CRVAL1": 150.0,
+                  "CRVAL2": 2.0, "CRPIX1": 256.5, "CRPIX2": 256.5, "CDELT1": -1e-4,
+                  "CDELT2": 1e-4}  # fmt: skip
+        validate = {"fitsHeader": header}
+        row(
+            "POST /v1/wcs-validate",
+            timed(lambda i: http.post("/v1/wcs-validate", json=validate), n),
+            "p50 <= 5",
+        )
+
+        # Cold: every request needs tiles not fetched before (one order-3 tile each, distinct).
+        tile_files = sorted((HIPS / "cds-dss2-red" / "Norder3" / "Dir0").glob("*.fits"))
+        cold_urls = [f"{upstream.url}/cds-dss2-red/Norder3/Dir0/{p.name}" for p in tile_files]
+
+        def cold_snapshot(i):
+            return http.post("/render/snapshot", json={"tiles": [cold_urls[i]], "width": 512, "height": 512})
+
+        cold = timed(cold_snapshot, min(n, len(cold_urls)))
+        row("cold snapshot 512x512 (tile from upstream)", cold, "p50 <= 300 (cold preview)")
+
+        def preview(w, h, jitter):
+            def call(i):
+                ra, dec = CENTRE[0] + rng.uniform(-jitter, jitter), CENTRE[1] + rng.uniform(-jitter, jitter)
+                return http.post(
+                    "/v1/preview", json={"ra": ra, "dec": dec, "fovDeg": 2.0, "width": w, "height": h}
+                )
+
+            return call
+
+        timed(preview(1024, 768, 1.5), 10)  # warm the tiles around the centre
+        row("panning /v1/preview 512x512 (warm tiles)", timed(preview(512, 512, 1.0), n))
+        row("panning /v1/preview 1024x768 (warm tiles)", timed(preview(1024, 768, 1.0), n), "p50 <= 60")
+        same = {"ra": CENTRE[0], "dec": CENTRE[1], "fovDeg": 2.0, "width": 1024, "height": 768}
+        row("repeated /v1/preview 1024x768", timed(lambda i: http.post("/v1/preview", json=same), n))
+
+        snap = {"tiles": cold_urls[:2], "width": 512, "height": 512}
+        total = 40 if args.short else 200
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(lambda _: http.post("/render/snapshot", json=snap).status_code, range(total))
+            )
+        rate = total / (time.perf_counter() - t0)
+        ok = codes.count(200)
+        print(f"{'snapshots 512x512, 8 clients':<44}{rate:9.1f} req/s ({ok}/{total} ok)   target >= 40")
+        peer = hips2fits_method_ms(3 if args.short else 5)
+        print(f"{'hips2fits method, same 1024x768 field':<44}{peer:9.1f} ms (compute only, one core)")
+    finally:
+        app.close()
+        upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
