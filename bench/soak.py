@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     centres = rng.uniform(-1.5, 1.5, size=(total, 2))
     kinds = rng.choice(["preview", "manifest", "validate", "snapshot"], size=total, p=[0.6, 0.2, 0.1, 0.1])
     tile = f"{upstream.url}/cds-dss2-red/Norder3/Dir0/Npix304.fits"
-    header = {"NAXIS1": 64, "NAXIS2": 64, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 20.0,
-              "CRPIX1": 32.5, "CRPIX2": 32.5, "CDELT1": -1e-3, "CDELT2": 1e-3}  # fmt: skip
+    header = {"NAXIS1": 64, "NAXIS2": 64, "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0,
+              "CRVAL2": 20.0, "CRPIX1": 32.5, "CRPIX2": 32.5, "CDELT1": -1e-3, "CDELT2": 1e-3}  # fmt: skip
 
     def one(i: int) -> tuple[int, float]:
         ra, dec = 266.4 + centres[i, 0], -28.9 + centres[i, 1]
