@@ -29,7 +29,7 @@ HIPS = ROOT.parent / "shared" / "data" / "hips"
 
 
 def ray_rss_mib() -> dict[str, float]:
-    """RSS [MiB] of this host's Ray processes, by role (replica class, raylet, gcs, ...)."""
+    """RSS [MiB] of this host's Ray processes, by role and process (``role#pid``)."""
     groups: dict[str, float] = collections.defaultdict(float)
     for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
         try:
@@ -43,7 +43,7 @@ def ray_rss_mib() -> dict[str, float]:
             role = next(r for r in ("raylet", "gcs_server", "dashboard", "log_monitor") if r in cmd)
         else:
             continue
-        groups[role] += proc.info["memory_info"].rss / 2**20
+        groups[f"{role}#{proc.pid}"] += proc.info["memory_info"].rss / 2**20
     return dict(groups)
 
 
@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return status, time.perf_counter() - t0
 
     try:
-        for i in range(20):  # warm up replicas and tiles before the "before" snapshot
-            one(i)
+        # Warm up under the same concurrency, so autoscaled replicas exist before "before".
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(one, range(min(400, total))))
+        time.sleep(5)
         before = ray_rss_mib()
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
@@ -104,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# soak: {total} requests, {args.clients} clients, {elapsed:.1f} s ({total / elapsed:.1f} req/s)")
     print(f"success {ok}/{total} = {100 * ok / total:.2f} %   p50 {np.percentile(lat, 50):.1f} ms   "
           f"p99 {np.percentile(lat, 99):.1f} ms")  # fmt: skip
-    print(f"{'process':<36}{'RSS before MiB':>16}{'after MiB':>12}{'change':>10}")
+    print(f"{'process':<48}{'RSS before MiB':>16}{'after MiB':>12}{'change':>10}")
     for role in sorted(set(before) | set(after)):
         b, a = before.get(role, 0.0), after.get(role, 0.0)
-        print(f"{role:<36}{b:16.1f}{a:12.1f}{a - b:+10.1f}")
-    growth = sum(after.values()) - sum(before.values())
-    verdict = "flat" if growth < 0.1 * sum(before.values()) else "GROWING"
-    print(f"total RSS change {growth:+.1f} MiB over {total} requests: {verdict}")
+        print(f"{role:<48}{b:16.1f}{a:12.1f}{a - b:+10.1f}")
+    # Growth of the processes alive throughout (new replicas from autoscaling are listed, not counted).
+    common = set(before) & set(after)
+    growth = sum(after[k] - before[k] for k in common)
+    verdict = "flat" if growth < 0.1 * sum(before[k] for k in common) else "GROWING"
+    print(f"RSS change of the {len(common)} processes alive throughout: {growth:+.1f} MiB")
+    print(f"over {total} requests: {verdict}")
     return 0 if ok / total >= 0.99 else 1
 
 
