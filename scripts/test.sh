@@ -13,3 +13,4 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"; chmod 700 "$XDG_RUNTI
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
 .venv/bin/python bench/bench_core.py --short
+.venv/bin/python bench/bench_service.py --short
