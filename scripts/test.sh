@@ -9,7 +9,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s mesa-vulkan-
     >/dev/null || echo "warning: could not install mesa-vulkan-drivers; the wgpu tests will fail" >&2
 fi
 bash scripts/bootstrap.sh test
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"; chmod 700 "$XDG_RUNTIME_DIR"
+export XDG_RUNTIME_DIR="$(mktemp -d)"  # Mesa wants a private 0700 runtime dir
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
 .venv/bin/python bench/bench_core.py --short
