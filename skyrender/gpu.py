@@ -5,18 +5,19 @@ WGSL has no 64-bit floats or integers, so the work is split:
 
 * CPU, f64: sky → HEALPix cells and weights (`sampling.sample_cells`, cdshealpix; exact at
   any order, at the poles and across faces).
-* CPU, one integer pass (`_prepare`, numba): each cell becomes a u32 flat index into one
-  channel of the stacked tile planes (``tile_position·w² + offset``, ``MISSING`` for an
-  absent tile) and an f32 weight; the max-weight cell of each row is moved to slot 0, chosen
-  on the f64 weights so that ties broken by the f32 rounding cannot change the coverage.
-* GPU: gather, NaN skip, weighted sum renormalised over the cells with data, NaN where the
-  slot-0 cell has none: the rule of the numpy path.
+* GPU: the cells' uint64 ipix and float64 weights are uploaded as they are, read as
+  (lo, hi) u32 pairs. The shader takes the tile number and sub-cell from the ipix bits,
+  finds the tile by binary search in the sorted tile list, places the sub-cell in the
+  tile by bit de-interleaving (`sampling.subpixel_offsets`), picks the max-weight cell by
+  comparing the f64 weights' bits (exact, so the coverage rule cannot flip on f32
+  rounding), and blends with f32 weights: NaN skipped, renormalised over the cells with
+  data, NaN where the max-weight cell has none — the rule of the numpy path.
 
-The other split — uploading ipix as (lo, hi) u32 pairs and binary-searching the tiles in
-the shader — needs no CPU pass over the cells but doubles the upload and has no exact
-f64 weight comparison for the nearest cell; measured on 1024×768 bilinear cells the
-integer pass costs about as much as the f64 → f32 weight cast the other split needs
-anyway, so the index is precomputed here (``bench/bench_gpu.py`` prints both).
+The other split — a CPU pass precomputing a u32 flat index and f32 weight per cell — was
+measured at 12.2 ms for 1024×768 bilinear cells (more than the numba blend itself,
+9.0 ms), against ~0 ms here: the GPU path would not take the gather off the CPU.
+Uploading 16 bytes per cell instead of 8 is the price (50 MB for 1024×768 bilinear).
+Tile numbers must fit u32 (tile order ≤ 13).
 
 Buffers stay under the device's ``max_storage_buffer_binding_size``: rows are processed in
 chunks, and tile planes larger than one binding are split into groups of whole tiles,
@@ -37,41 +38,86 @@ import threading
 import weakref
 from typing import Any
 
-import numba
 import numpy as np
 
-from .sampling import Cells, TileSet, subpixel_offsets
+from .sampling import Cells, TileSet
 from .sampling import blend as cpu_blend
 
 log = logging.getLogger(__name__)
 
-#: Flat index of a cell whose tile is not in the `TileSet`.
-MISSING = np.uint32(0xFFFFFFFF)
 #: Threads per workgroup (1-D); rows beyond 65535 groups wrap into the y dimension.
 WORKGROUP = 64
 MAX_CHANNELS = 4
+#: Largest tile number the shader handles (u32; tile order ≤ 13).
+MAX_TILE = 0xFFFFFFFF
 
 SHADER = """
 struct Params {
     n: u32,             // rows in this chunk
-    k: u32,             // cells per row (slot 0 = max weight)
+    k: u32,             // cells per row
     n_channels: u32,
     row_stride: u32,    // rows per y step of the dispatch grid
-    base: u32,          // first flat index (per channel) held by this plane group
-    count: u32,         // flat indices (per channel) held by this plane group
+    shift: u32,         // 2 * tile depth: ipix >> shift is the tile number
+    depth: u32,         // tile depth: the tile is 2**depth pixels wide
+    n_tiles: u32,
+    t0: u32,            // tile positions [t0, t1) are in this pass's plane group
+    t1: u32,
     first: u32,         // 1: start from zero, else continue from `state`
     last: u32,          // 1: write `result`, else save to `state`
+    pad: u32,
 };
-@group(0) @binding(0) var<storage, read> planes: array<f32>;       // (C, group tiles·w²)
-@group(0) @binding(1) var<storage, read> cell_index: array<u32>;   // (n, k)
-@group(0) @binding(2) var<storage, read> cell_weight: array<f32>;  // (n, k)
-@group(0) @binding(3) var<storage, read_write> result: array<f32>; // (C, n)
-@group(0) @binding(4) var<storage, read_write> state: array<f32>;  // (C, n, 3) between passes
-@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(0) var<storage, read> planes: array<f32>;             // (C, t1 - t0, w*w)
+@group(0) @binding(1) var<storage, read> tile_npix: array<u32>;          // (T,) sorted
+@group(0) @binding(2) var<storage, read> cell_ipix: array<vec2<u32>>;    // (n*k,) u64 as (lo, hi)
+@group(0) @binding(3) var<storage, read> cell_weight: array<vec2<u32>>;  // (n*k,) f64 as (lo, hi)
+@group(0) @binding(4) var<storage, read_write> result: array<f32>;       // (C, n)
+@group(0) @binding(5) var<storage, read_write> state: array<f32>;        // (C, n, 3) between passes
+@group(0) @binding(6) var<uniform> params: Params;
 
 fn is_nan(v: f32) -> bool {
     // Bit test: shader compilers may fold v != v away.
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn positive(w: vec2<u32>) -> bool {
+    // f64 > 0: sign clear, not zero, not NaN/inf (exponent 0x7ff).
+    return (w.y >> 31u) == 0u && (w.x | w.y) != 0u && ((w.y >> 20u) & 0x7ffu) != 0x7ffu;
+}
+
+fn greater(a: vec2<u32>, b: vec2<u32>) -> bool {
+    // Non-negative f64 values order as their bit patterns do.
+    return a.y > b.y || (a.y == b.y && a.x > b.x);
+}
+
+fn to_f32(w: vec2<u32>) -> f32 {
+    // Positive f64 → f32 by truncating the mantissa (relative error < 2^-23).
+    let e = (w.y >> 20u) & 0x7ffu;
+    if (e < 897u) { return 0.0; }  // below the f32 normal range
+    if (e > 1150u) { return bitcast<f32>(0x7f800000u); }
+    let m = ((w.y & 0xfffffu) << 3u) | (w.x >> 29u);
+    return bitcast<f32>(((e - 896u) << 23u) | m);
+}
+
+fn compact(v: u32) -> u32 {
+    // The bits at even positions of v, packed together.
+    var x = v & 0x55555555u;
+    x = (x | (x >> 1u)) & 0x33333333u;
+    x = (x | (x >> 2u)) & 0x0f0f0f0fu;
+    x = (x | (x >> 4u)) & 0x00ff00ffu;
+    x = (x | (x >> 8u)) & 0x0000ffffu;
+    return x;
+}
+
+fn find_tile(t: u32) -> u32 {
+    // Position of tile t in tile_npix, or n_tiles when absent.
+    var lo = 0u;
+    var hi = params.n_tiles;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (tile_npix[mid] < t) { lo = mid + 1u; } else { hi = mid; }
+    }
+    if (lo < params.n_tiles && tile_npix[lo] == t) { return lo; }
+    return params.n_tiles;
 }
 
 @compute @workgroup_size(64)
@@ -80,6 +126,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (r >= params.n) { return; }
     let n = params.n;
     let nc = params.n_channels;
+    let w = 1u << params.depth;
+    let tile_size = w * w;
+    let count = (params.t1 - params.t0) * tile_size;  // values per channel in this group
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var wsum = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var near = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
@@ -91,18 +140,39 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             near[c] = state[s + 2u];
         }
     }
+    // The max-weight cell (first of equal weights), as the CPU path picks it.
+    var best = params.k;
+    var wmax = vec2<u32>(0u, 0u);
     for (var j = 0u; j < params.k; j = j + 1u) {
         let wt = cell_weight[r * params.k + j];
-        if (wt <= 0.0) { continue; }
-        let i = cell_index[r * params.k + j];
-        // MISSING (0xffffffff) and cells of other plane groups fail this range test.
-        if (i < params.base || i - params.base >= params.count) { continue; }
+        if (positive(wt) && greater(wt, wmax)) {
+            wmax = wt;
+            best = j;
+        }
+    }
+    var last_t = 0xffffffffu;
+    var last_pos = params.n_tiles;
+    for (var j = 0u; j < params.k; j = j + 1u) {
+        let w64 = cell_weight[r * params.k + j];
+        if (!positive(w64)) { continue; }
+        let p = cell_ipix[r * params.k + j];
+        let t = select((p.y << (32u - params.shift)) | (p.x >> params.shift), p.x, params.shift == 0u);
+        if (t != last_t) {  // the cells of a row mostly share a tile
+            last_t = t;
+            last_pos = find_tile(t);
+        }
+        let pos = last_pos;
+        if (pos < params.t0 || pos >= params.t1) { continue; }  // absent, or another group's
+        let sub = p.x & ((1u << params.shift) - 1u);
+        let offset = (w - 1u - compact(sub)) * w + compact(sub >> 1u);
+        let wt = to_f32(w64);
+        let at = (pos - params.t0) * tile_size + offset;
         for (var c = 0u; c < nc; c = c + 1u) {
-            let v = planes[c * params.count + (i - params.base)];
+            let v = planes[c * count + at];
             if (!is_nan(v)) {
                 acc[c] = acc[c] + wt * v;
                 wsum[c] = wsum[c] + wt;
-                if (j == 0u) { near[c] = 1.0; }
+                if (j == best) { near[c] = 1.0; }
             }
         }
     }
@@ -122,69 +192,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 """
-
-
-@numba.njit(cache=True, nogil=True)
-def _prepare(ipix, weights, shift, npix_sorted, offsets, tile_size, index, wout):
-    """Per cell: u32 flat index into one channel's planes and f32 weight, nearest cell first.
-
-    ``index``/``wout`` are (N, K) outputs. A row's max-weight cell (first of equal f64
-    weights, as in `sampling._blend`) is swapped into slot 0; the blend is a sum, so the
-    order of the other cells does not matter beyond f32 rounding.
-    """
-    n_rows, n_cells = ipix.shape
-    n_tiles = npix_sorted.shape[0]
-    mask = (np.uint64(1) << np.uint64(shift)) - np.uint64(1)
-    ushift = np.uint64(shift)
-    last_t = np.int64(-1)
-    last_pos = 0
-    for r in range(n_rows):
-        best = 0
-        wmax = 0.0
-        for k in range(n_cells):
-            wt = weights[r, k]
-            if wt > wmax:
-                wmax = wt
-                best = k
-            p = ipix[r, k]
-            t = np.int64(p >> ushift)
-            if t != last_t:  # neighbouring pixels share a tile: reuse the last search
-                last_t = t
-                last_pos = np.searchsorted(npix_sorted, t)
-            if last_pos < n_tiles and npix_sorted[last_pos] == t:
-                index[r, k] = np.uint32(last_pos * tile_size + offsets[np.int64(p & mask)])
-            else:
-                index[r, k] = np.uint32(0xFFFFFFFF)
-            wout[r, k] = np.float32(wt) if wt > 0.0 else np.float32(0.0)
-        if best != 0:
-            i0 = index[r, 0]
-            w0 = wout[r, 0]
-            index[r, 0] = index[r, best]
-            wout[r, 0] = wout[r, best]
-            index[r, best] = i0
-            wout[r, best] = w0
-
-
-def prepare_cells(cells: Cells, tiles: TileSet) -> tuple[np.ndarray, np.ndarray]:
-    """The CPU part of the GPU blend: (u32 flat index, f32 weight), both (N, K), nearest first.
-
-    The flat index is ``tile_position·w² + offset`` within one channel of ``tiles.planes``
-    (`MISSING` where the cell's tile is absent).
-    """
-    n, k = cells.ipix.shape
-    index = np.empty((n, k), dtype=np.uint32)
-    weight = np.empty((n, k), dtype=np.float32)
-    _prepare(
-        np.ascontiguousarray(cells.ipix, dtype=np.uint64),
-        np.ascontiguousarray(cells.weights, dtype=np.float64),
-        2 * tiles.tile_depth,
-        np.ascontiguousarray(tiles.npix, dtype=np.int64),
-        subpixel_offsets(tiles.tile_depth),
-        tiles.tile_width**2,
-        index,
-        weight,
-    )
-    return index, weight
 
 
 class WgpuBlender:
@@ -211,7 +218,8 @@ class WgpuBlender:
         self._layout = self.pipeline.get_bind_group_layout(0)
         self._lock = threading.Lock()
         self._planes_of: weakref.ref[TileSet] | None = None
-        self._plane_groups: list[tuple[int, int, Any]] = []  # (base, count, buffer)
+        self._plane_groups: list[tuple[int, int, Any]] = []  # (first tile, end tile, buffer)
+        self._npix_buffer: Any = None
         self._scratch: dict[str, Any] = {}
         self._dummy_state = device.create_buffer(size=16, usage=wgpu.BufferUsage.STORAGE)
 
@@ -261,10 +269,11 @@ class WgpuBlender:
     # -- buffers -----------------------------------------------------------------------
 
     def _upload_planes(self, tiles: TileSet) -> list[tuple[int, int, Any]]:
-        """Tile planes on the device, in groups of whole tiles that fit one binding each."""
+        """Tile list and planes on the device, in groups of whole tiles that fit one binding."""
         if self._planes_of is not None and self._planes_of() is tiles:
             return self._plane_groups
         self._plane_groups = []  # release the previous survey's planes first
+        storage = self._wgpu.BufferUsage.STORAGE
         n_channels, n_tiles = tiles.planes.shape[:2]
         tile_size = tiles.tile_width**2
         per_group = max(1, self.max_binding // (4 * n_channels * tile_size))
@@ -273,8 +282,9 @@ class WgpuBlender:
         for t0 in range(0, n_tiles, per_group):
             t1 = min(n_tiles, t0 + per_group)
             data = np.ascontiguousarray(flat[:, t0:t1], dtype=np.float32)
-            buf = self.device.create_buffer_with_data(data=data, usage=self._wgpu.BufferUsage.STORAGE)
-            groups.append((t0 * tile_size, (t1 - t0) * tile_size, buf))
+            groups.append((t0, t1, self.device.create_buffer_with_data(data=data, usage=storage)))
+        npix = np.asarray(tiles.npix, dtype=np.uint32)
+        self._npix_buffer = self.device.create_buffer_with_data(data=npix, usage=storage)
         self._plane_groups = groups
         self._planes_of = weakref.ref(tiles)
         return groups
@@ -307,56 +317,62 @@ class WgpuBlender:
         tile_bytes = 4 * n_channels * tiles.tile_width**2
         if (
             n_channels > MAX_CHANNELS
-            or tiles.planes[0].size >= int(MISSING)  # the u32 index would overflow
+            or int(tiles.npix[-1]) > MAX_TILE  # tile numbers are u32 in the shader
             or tile_bytes > self.max_binding  # one tile must fit a binding
         ):
-            log.warning("tile set too large for the wgpu blend: using numpy")
+            log.warning("tile set beyond the wgpu blend's limits: using numpy")
             return cpu_blend(cells, tiles)
-        index, weight = prepare_cells(cells, tiles)
+        # Raw bits, no conversion: the shader reads u64/f64 as (lo, hi) u32 pairs.
+        ipix = np.ascontiguousarray(cells.ipix, dtype=np.uint64)
+        weights = np.ascontiguousarray(cells.weights, dtype=np.float64)
         with self._lock:
             groups = self._upload_planes(tiles)
-            return self._run(index, weight, n_channels, groups)
+            return self._run(ipix, weights, n_channels, tiles.tile_depth, groups)
 
-    def _run(self, index: np.ndarray, weight: np.ndarray, n_channels: int, groups: list) -> np.ndarray:
+    def _run(
+        self, ipix: np.ndarray, weights: np.ndarray, n_channels: int, depth: int, groups: list
+    ) -> np.ndarray:
         wgpu = self._wgpu
         dev = self.device
-        n, k = index.shape
+        n, k = ipix.shape
         multi = len(groups) > 1
         # Rows per chunk: every per-row buffer (cells, result, pass state) within one binding.
-        per_row = 4 * max(k, n_channels * (3 if multi else 1))
+        per_row = max(8 * k, 4 * n_channels * (3 if multi else 1))
         rows = max(1, min(n, self.max_binding // per_row, WORKGROUP * self.max_groups * self.max_groups))
         out = np.empty((n_channels, n), dtype=np.float32)
         storage, copy_dst = wgpu.BufferUsage.STORAGE, wgpu.BufferUsage.COPY_DST
-        index_buf = self._buffer("index", rows * k * 4, storage | copy_dst)
-        weight_buf = self._buffer("weight", rows * k * 4, storage | copy_dst)
+        ipix_buf = self._buffer("ipix", rows * k * 8, storage | copy_dst)
+        weight_buf = self._buffer("weight", rows * k * 8, storage | copy_dst)
         result_buf = self._buffer("result", rows * n_channels * 4, storage | wgpu.BufferUsage.COPY_SRC)
-        state_buf = (
-            self._buffer("state", rows * n_channels * 12, storage) if multi else self._dummy_state
-        )
+        state_buf = self._buffer("state", rows * n_channels * 12, storage) if multi else self._dummy_state
+        npix_buf = self._npix_buffer
+        n_tiles = npix_buf.size // 4
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             m = r1 - r0
-            dev.queue.write_buffer(index_buf, 0, index[r0:r1])
-            dev.queue.write_buffer(weight_buf, 0, weight[r0:r1])
+            dev.queue.write_buffer(ipix_buf, 0, ipix[r0:r1])
+            dev.queue.write_buffer(weight_buf, 0, weights[r0:r1])
             n_groups = -(-m // WORKGROUP)
             gx = min(n_groups, self.max_groups)
             gy = -(-n_groups // gx)
             encoder = dev.create_command_encoder()
-            for g, (base, count, planes) in enumerate(groups):
+            for g, (t0, t1, planes) in enumerate(groups):
                 params = np.array(
-                    [m, k, n_channels, gx * WORKGROUP, base, count, g == 0, g == len(groups) - 1],
+                    [m, k, n_channels, gx * WORKGROUP, 2 * depth, depth, n_tiles, t0, t1,
+                     g == 0, g == len(groups) - 1, 0],
                     dtype=np.uint32,
-                )
+                )  # fmt: skip
                 params_buf = dev.create_buffer_with_data(data=params, usage=wgpu.BufferUsage.UNIFORM)
                 bind = dev.create_bind_group(
                     layout=self._layout,
                     entries=[
                         _entry(0, planes, planes.size),
-                        _entry(1, index_buf, m * k * 4),
-                        _entry(2, weight_buf, m * k * 4),
-                        _entry(3, result_buf, m * n_channels * 4),
-                        _entry(4, state_buf, m * n_channels * 12 if multi else state_buf.size),
-                        _entry(5, params_buf, params_buf.size),
+                        _entry(1, npix_buf, npix_buf.size),
+                        _entry(2, ipix_buf, m * k * 8),
+                        _entry(3, weight_buf, m * k * 8),
+                        _entry(4, result_buf, m * n_channels * 4),
+                        _entry(5, state_buf, m * n_channels * 12 if multi else state_buf.size),
+                        _entry(6, params_buf, params_buf.size),
                     ],
                 )
                 # One compute pass per plane group: wgpu orders them and syncs `state`.

@@ -17,9 +17,9 @@ import pytest
 
 from skyrender import gpu as gpu_module
 from skyrender.geometry import make_geometry
-from skyrender.gpu import MISSING, WgpuBlender, prepare_cells
+from skyrender.gpu import WgpuBlender
 from skyrender.render import compute_cells
-from skyrender.sampling import Cells, TileSet, blend, subpixel_offsets
+from skyrender.sampling import Cells, TileSet, blend
 
 from .tiles_on_disk import tileset
 
@@ -135,15 +135,23 @@ def test_planes_uploaded_once_per_tileset(gpu, gaia):
     assert [b for _, _, b in gpu._plane_groups] != buffers  # another TileSet: uploaded anew
 
 
-def test_prepare_cells_nearest_first_and_missing_tiles():
-    tiles = TileSet.from_tiles(0, {0: np.zeros((2, 2), np.float32), 2: np.ones((2, 2), np.float32)})
-    # Cells 0..3 are tile 0, 4..7 tile 1 (absent), 8..11 tile 2 (pixel order 1).
-    ipix = np.array([[0, 5, 9, 3]], dtype=np.uint64)
-    weights = np.array([[0.1, 0.2, 0.5, 0.2]])
-    index, weight = prepare_cells(Cells(1, ipix, weights), tiles)
-    assert weight[0, 0] == np.float32(0.5) and sorted(weight[0]) == sorted(weights[0].astype(np.float32))
-    assert index[0, 0] == 4 + int(subpixel_offsets(1)[1])  # tile position 1, sub-cell 1
-    assert MISSING in index[0]
+def test_nearest_cell_chosen_on_f64_weights(gpu):
+    # Tile 1 is absent; cells 0..3 are in tile 0, 4..7 in tile 1, 8..11 in tile 2 (order 1).
+    tiles = TileSet.from_tiles(0, {0: np.full((2, 2), 3.0, np.float32), 2: np.full((2, 2), 5.0, np.float32)})
+    ipix = np.array([[5, 9, 0, 6], [9, 5, 0, 6], [5, 6, 0, 9], [0, 9, 5, 6]], dtype=np.uint64)
+    # Row 0: the nearest (max-weight) cell is 9 by 1e-12, equal weights in f32: only the f64
+    # comparison finds that it has data. Row 1: the nearest is the absent cell 5 → NaN.
+    weights = np.array(
+        [
+            [0.25, 0.25 + 1e-12, 0.25, 0.0],
+            [0.25, 0.25 + 1e-12, 0.25, 0.0],
+            [0.4, 0.1, 0.2, 0.3],
+            [0.5, 0.5, 0.0, -1.0],
+        ]
+    )
+    cells = Cells(1, ipix, weights)
+    cpu = _agree(gpu, cells, tiles)[0]
+    assert np.isfinite(cpu[0]) and np.isnan(cpu[1]) and np.isnan(cpu[2]) and cpu[3] == 4.0
 
 
 def test_empty_inputs(gpu, gaia):

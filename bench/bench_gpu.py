@@ -1,0 +1,89 @@
+"""CPU (numba) blend vs wgpu blend on the same cells: real DSS2 tiles, 1024×768 output.
+
+The cells (f64 sky → HEALPix, cdshealpix) are computed once and not timed: both paths
+share that step. Prints ms per blend (median) with the tile planes already on the
+device, and the first GPU call on a new `TileSet` (planes uploaded). The GPU path's CPU
+part is nil: the cells are uploaded as raw uint64/float64 bits (see `skyrender.gpu`).
+
+    python bench/bench_gpu.py            # full run
+    python bench/bench_gpu.py --short    # CI: fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from skyrender.geometry import make_geometry
+from skyrender.gpu import WgpuBlender
+from skyrender.render import compute_cells
+from skyrender.sampling import TileSet, blend
+
+HIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hips"
+
+
+def load_dss2(order: int = 3) -> TileSet:
+    """DSS2 red tiles decoded with astropy (BITPIX 16, BLANK −32768 → NaN)."""
+    tiles = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CDS tiles are unpadded and carry a float BLANK
+        for path in sorted((HIPS / "cds-dss2-red" / f"Norder{order}").glob("Dir*/Npix*.fits")):
+            raw = fits.getdata(path)
+            data = raw.astype(np.float32)
+            data[raw == -32768] = np.nan
+            tiles[int(path.stem[4:])] = data
+    return TileSet.from_tiles(order, tiles)
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="fewer repeats (CI)")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.short else 15
+
+    t0 = time.perf_counter()
+    blender = WgpuBlender.create()
+    if blender is None:
+        print("no wgpu adapter: nothing to compare (install mesa-vulkan-drivers for lavapipe)")
+        return 0
+    info = blender.adapter_info
+    setup = time.perf_counter() - t0
+    print(f"adapter: {info['name']} ({info['backend']}, {info['device_type']}), {setup:.2f} s")
+    tiles = load_dss2()
+    geom = make_geometry(266.4, -28.9, 6.0, 1024, 768)
+    print(f"{geom.width}x{geom.height}, DSS2 red order 3: {tiles.npix.size} tiles of {tiles.tile_width} px")
+    for interpolation in ("bilinear", "nearest"):
+        cells = compute_cells(geom, "icrs", tiles.order + tiles.tile_depth, interpolation)
+        blend(cells, tiles)  # numba compile
+        t0 = time.perf_counter()
+        blender.blend(cells, TileSet(tiles.order, tiles.tile_depth, tiles.npix, tiles.planes))
+        cold = 1e3 * (time.perf_counter() - t0)  # a new TileSet: planes uploaded
+        blender.blend(cells, tiles)
+        cpu = median_ms(lambda c=cells: blend(c, tiles), repeats)
+        gpu = median_ms(lambda c=cells: blender.blend(c, tiles), repeats)
+        print(
+            f"{interpolation:>8}: CPU blend {cpu:7.1f} ms | GPU blend {gpu:7.1f} ms "
+            f"(first call, planes uploaded: {cold:7.1f} ms)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
