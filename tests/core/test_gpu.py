@@ -110,12 +110,12 @@ def test_random_tilesets_colour_missing_and_blank(gpu, seed):
     _agree(gpu, compute_cells(geom, "icrs", order + depth), tiles)
 
 
-def test_chunked_rows_and_plane_groups(dss2):
+def test_chunked_rows_and_plane_groups(gpu, dss2):
     # 3 MiB bindings: DSS2 planes (1 MiB per tile) split into groups of 3 tiles, and the
     # 786k rows into chunks; the multi-pass accumulation must give the same image.
     small = WgpuBlender.create(max_binding=3 << 20)
     if small is None:
-        pytest.skip("no wgpu adapter")
+        pytest.fail("the adapter of the gpu fixture vanished")
     geom = make_geometry(266.4, -28.9, 6.0, 1024, 768)
     cells = compute_cells(geom, "icrs", 3 + dss2.tile_depth)
     _agree(small, cells, dss2)
