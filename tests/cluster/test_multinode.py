@@ -76,10 +76,11 @@ def test_compose_reads_tiles_fetched_on_the_other_node(cluster):
     assert len(out["nodes"]) == 2 and out["codes"] == [200, 200]
     health, stats = out["health"], out["cache"]
     compose_node = health["compose"]["node_id"]
-    # Placement: compose on the render_gpu node; fetch and the cache actor on the other.
+    # Placement: compose on the render_gpu node, fetch on the other. The cache actor
+    # (0 CPU, only an index of references) may land on either node: the tile bytes
+    # live in the object store of the node whose fetch replica called ray.put.
     assert "render_gpu" in out["nodes"][compose_node]
     assert stats["fetch_node_id"] != compose_node
-    assert stats["node_id"] != compose_node, "the cache actor should live on the fetch node"
     # Each tile left the upstream once; both renders read every tile from the object store.
     counts = cluster["upstream"].counts
     fetched = {p: counts.get(p, 0) for p in out["tile_paths"]}
