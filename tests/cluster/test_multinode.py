@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -44,27 +45,32 @@ def _kill_cluster(temp_dir: str) -> None:
 def cluster(hips_dir):
     temp_dir = tempfile.mkdtemp(prefix="skr-mn-", dir="/tmp")
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # Token auth stays on, with a token of this cluster's own: a fresh machine has no
+    # ~/.ray/auth_token, and `ray start` with RAY_AUTH_MODE=token refuses to run without one.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     common = ["--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    subprocess.run(
+    started = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
          '--resources={"fetch_node": 4}', *common],
-        check=True, env=env, capture_output=True,
+        env=env, capture_output=True, text=True,
     )  # fmt: skip
+    if started.returncode != 0:
+        _kill_cluster(temp_dir)
+        pytest.fail(f"ray start --head failed: {started.stdout[-2000:]}{started.stderr[-2000:]}")
     try:
         subprocess.run(
             [RAY, "start", f"--address=127.0.0.1:{port}", '--resources={"render_gpu": 1}', *common[:1]],
             check=True, env=env, capture_output=True,
         )  # fmt: skip
         upstream = StaticHips(hips_dir)
-        yield {"address": f"127.0.0.1:{port}", "upstream": upstream, "temp_dir": temp_dir}
+        yield {"address": f"127.0.0.1:{port}", "upstream": upstream, "temp_dir": temp_dir, "env": env}
         upstream.stop()
     finally:
         _kill_cluster(temp_dir)
 
 
 def test_compose_reads_tiles_fetched_on_the_other_node(cluster):
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = cluster["env"]
     driver = Path(__file__).with_name("multinode_driver.py")
     run = subprocess.run(
         [os.sys.executable, str(driver), cluster["address"], cluster["upstream"].url],

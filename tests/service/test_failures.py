@@ -53,8 +53,10 @@ def app(bad, refusing):
     one_ingress = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}
     deployments = {
         "Ingress": {"max_ongoing_requests": 8, "max_queued_requests": 4, "autoscaling_config": one_ingress},
+        # Two compose replicas, as a deployment that must survive losing one needs:
+        # with a single replica every request waits for its replacement to start.
         "Compose": {
-            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2}
+            "autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 2}
         },
     }
     served = ServeApp(args, deployments=deployments)
@@ -169,6 +171,28 @@ def _replica_actor(deployment: str):
     return ray.get_actor(names[0]["name"], namespace=names[0]["namespace"])
 
 
+def _wait_for_running_replicas(deployment: str, n: int, timeout_s: float) -> tuple[float, float]:
+    """Seconds until Serve reports fewer than ``n`` RUNNING replicas of ``deployment``
+    (the death noticed), and until it reports ``n`` again (replaced)."""
+    from ray import serve
+
+    t0 = time.monotonic()
+    seen_dip = False
+    noticed = float("inf")
+    while time.monotonic() - t0 < timeout_s:
+        for app_status in serve.status().applications.values():
+            dep = app_status.deployments.get(deployment)
+            if dep is None:
+                continue
+            running = dep.replica_states.get("RUNNING", 0)
+            if not seen_dip and running < n:
+                seen_dip, noticed = True, time.monotonic() - t0
+            if seen_dip and running >= n:
+                return noticed, time.monotonic() - t0
+        time.sleep(0.2)
+    return noticed, float("inf")
+
+
 def test_killed_replica_is_replaced_under_load(app):
     import ray
 
@@ -195,19 +219,24 @@ def test_killed_replica_is_replaced_under_load(app):
     time.sleep(3)
     killed_at = time.monotonic()
     ray.kill(_replica_actor("Compose"), no_restart=True)
-    # A 30 s run: requests in flight on the killed replica end at the deadline (504);
-    # everything sent after the kill is routed to the surviving and the new replica.
-    time.sleep(27)
+    noticed_after, replaced_after = _wait_for_running_replicas("Compose", 2, timeout_s=27)
+    # A 30 s run. Requests in flight on the killed replica fail with the actor's death
+    # and the ingress sends them once more, to the surviving replica.
+    time.sleep(max(0.0, killed_at + 27 - time.monotonic()))
     stop.set()
     for t in threads:
         t.join()
     ok = sum(1 for _, s in results if s == 200)
     assert len(results) > 50
     failed = [(round(t - killed_at, 2), s) for t, s in results if s != 200]
-    # Measured here: 98.5 %. The requests lost are those Serve's router still sends to the
-    # killed replica until the controller notices (~4 s); they end at the deadline (504).
-    # The issue asks for 99 %: this bound documents the gap rather than hiding it.
-    assert ok / len(results) >= 0.97, f"{ok}/{len(results)} ok; failures (s after kill, status): {failed}"
+    print(
+        f"replica kill: {ok}/{len(results)} ok; death noticed after {noticed_after:.1f} s, "
+        f"replaced after {replaced_after:.1f} s; failures: {failed}"
+    )
+    # Start-up of a compose replica (imports, wgpu adapter probe) is ~5 s idle, ~10 s with
+    # the 4 clients loading both cores; the service itself never stopped answering.
+    assert replaced_after < 20.0
+    assert ok / len(results) >= 0.99, f"{ok}/{len(results)} ok; failures (s after kill, status): {failed}"
     after = [t for t, s in results if t > killed_at and s == 200]
     assert after and after[-1] - killed_at > 5  # still serving well after the kill
     failures_after = [t - killed_at for t, s in results if t > killed_at and s != 200]
