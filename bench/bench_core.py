@@ -23,6 +23,7 @@ from skyrender.geometry import make_geometry
 from skyrender.properties import load_survey
 from skyrender.render import reproject
 from skyrender.sampling import TileSet
+from skyrender.threads import resolve_threads
 
 HIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hips"
 
@@ -86,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{f'TAN {width}x{height}':<26}{interp:<10}{secs * 1e3:9.1f}{mpix:9.2f}"
                 f"{(ref_s * 1e3 if interp == 'bilinear' else float('nan')):14.1f}{ratio:8.1f}"
             )
+
+    # What a compose replica does (serve_config: num_threads 0): the same render on every core.
+    cores = resolve_threads(0)
+    geom = make_geometry(266.4, -28.9, 20.0, 1024, 768)
+    secs = best_of(lambda g=geom: reproject(g, tiles, frame, num_threads=cores), repeats)
+    print(
+        f"{f'TAN 1024x768, {cores} threads':<26}{'bilinear':<10}{secs * 1e3:9.1f}"
+        f"{1024 * 768 / secs / 1e6:9.2f}{'':>14}{'':>8}"
+    )
 
     gaia = HIPS / "cds-gaia-dr2-rv"
     gtiles, gframe = load_tileset(gaia, 3)

@@ -25,6 +25,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from .frames import rotation_matrix
+from .threads import run_row_chunks
 
 #: Projections evaluated by the compiled kernel; codes index ``_kernel``'s branches.
 FAST_PROJECTIONS = {"TAN": 0, "SIN": 1, "ARC": 2, "ZEA": 3, "STG": 4, "CAR": 5, "AIT": 6, "MOL": 7}
@@ -205,6 +206,7 @@ def pixel_lonlat(
     step: float = 1.0,
     x0: float = 0.0,
     y0: float = 0.0,
+    num_threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sky positions of a grid of output pixels, in ``target_frame``.
 
@@ -218,6 +220,8 @@ def pixel_lonlat(
         Frame of the WCS and frame wanted for the result (the survey's).
     step, x0, y0 : float
         Grid: 0-based pixel coordinates ``x0 + i·step``, ``y0 + j·step`` [pixels].
+    num_threads : int
+        Threads for the compiled path, over bands of rows (0 = every core).
 
     Returns
     -------
@@ -238,20 +242,18 @@ def pixel_lonlat(
         lat = np.empty(n)
         valid = np.empty(n, dtype=np.bool_)
         crpix0 = np.asarray(w.crpix, dtype=float) - 1.0  # FITS CRPIX is 1-based
-        _kernel(
-            FAST_PROJECTIONS[_projection_code(wcs)],
-            int(width),
-            int(height),
-            float(x0),
-            float(y0),
-            float(step),
-            crpix0,
-            np.ascontiguousarray(cd, dtype=float),
-            rot,
-            lon,
-            lat,
-            valid,
-        )
+        code = FAST_PROJECTIONS[_projection_code(wcs)]
+        cd = np.ascontiguousarray(cd, dtype=float)
+        width = int(width)
+
+        def rows(start: int, stop: int) -> None:
+            a, b = start * width, stop * width
+            _kernel(
+                code, width, stop - start, float(x0), float(y0) + start * float(step), float(step),
+                crpix0, cd, rot, lon[a:b], lat[a:b], valid[a:b],
+            )  # fmt: skip
+
+        run_row_chunks(rows, int(height), num_threads)
         return lon, lat, valid
     ys, xs = np.mgrid[0:height, 0:width].astype(float)
     with np.errstate(invalid="ignore"):

@@ -51,8 +51,9 @@ def compute_cells(
     if interpolation not in INTERPOLATIONS:
         raise GeometryError(f"unknown interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
     lon, lat, valid = pixel_lonlat(
-        geom.wcs, geom.width, geom.height, wcs_frame=geom.frame, target_frame=survey_frame
-    )
+        geom.wcs, geom.width, geom.height, wcs_frame=geom.frame, target_frame=survey_frame,
+        num_threads=num_threads,
+    )  # fmt: skip
     return sample_cells(lon, lat, valid, pixel_order, interpolation, num_threads=num_threads)
 
 
@@ -74,7 +75,7 @@ def reproject(
         order (row 0 = bottom); NaN where the sky is off the projection or not covered.
     """
     cells = compute_cells(geom, survey_frame, tiles.order + tiles.tile_depth, interpolation, num_threads)
-    values = (blender or blend)(cells, tiles)
+    values = blender(cells, tiles) if blender is not None else blend(cells, tiles, num_threads)
     image = values.reshape(tiles.n_channels, geom.height, geom.width)
     return image[0] if tiles.n_channels == 1 else image
 

@@ -20,6 +20,8 @@ import numba
 import numpy as np
 from cdshealpix import cdshealpix as _chp
 
+from .threads import run_row_chunks
+
 #: Interpolations understood by `sample_cells`.
 INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -206,7 +208,7 @@ def _blend(ipix, weights, shift, npix_sorted, offsets, planes, out):
             out[c, r] = acc / wsum if (nearest_ok and wsum > 0.0) else np.nan
 
 
-def blend(cells: Cells, tiles: TileSet) -> np.ndarray:
+def blend(cells: Cells, tiles: TileSet, num_threads: int = 1) -> np.ndarray:
     """Weighted blend of the cells' values: float32 (C, N), NaN where nothing covers.
 
     Parameters
@@ -215,25 +217,30 @@ def blend(cells: Cells, tiles: TileSet) -> np.ndarray:
         From `sample_cells`, at ``pixel_order == tiles.order + tiles.tile_depth``.
     tiles : TileSet
         The tiles available; cells in missing tiles count as no data.
+    num_threads : int
+        Threads, over runs of output pixels (0 = every core).
     """
     if cells.pixel_order != tiles.order + tiles.tile_depth:
         raise ValueError(
             f"cells at order {cells.pixel_order} do not match tiles of order {tiles.order} "
             f"and depth {tiles.tile_depth}"
         )
-    out = np.empty((tiles.n_channels, cells.ipix.shape[0]), dtype=np.float32)
+    n = cells.ipix.shape[0]
+    out = np.empty((tiles.n_channels, n), dtype=np.float32)
     if tiles.npix.size == 0:
         out.fill(np.nan)
         return out
-    _blend(
-        cells.ipix,
-        cells.weights,
-        2 * tiles.tile_depth,
-        tiles.npix,
-        subpixel_offsets(tiles.tile_depth),
-        tiles.planes,
-        out,
-    )
+    offsets = subpixel_offsets(tiles.tile_depth)
+    shift = 2 * tiles.tile_depth
+    # Runs of whole 256-pixel blocks: each run writes its own columns of ``out``.
+    block = 256
+    n_blocks = -(-n // block)
+
+    def run(start: int, stop: int) -> None:
+        a, b = start * block, min(stop * block, n)
+        _blend(cells.ipix[a:b], cells.weights[a:b], shift, tiles.npix, offsets, tiles.planes, out[:, a:b])
+
+    run_row_chunks(run, n_blocks, num_threads)
     return out
 
 
