@@ -36,14 +36,30 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3
 
 
-def timed(fn, n: int) -> list[float]:
+def timed(fn, n: int, stages: dict[str, list[float]] | None = None) -> list[float]:
+    """Wall times [s] of ``n`` calls; ``stages`` collects the Server-Timing entries [ms]."""
     out = []
     for i in range(n):
         t0 = time.perf_counter()
         response = fn(i)
         out.append(time.perf_counter() - t0)
         assert response.status_code == 200, response.text[:300]
+        if stages is not None:
+            for entry in response.headers.get("server-timing", "").split(","):
+                name, _, dur = entry.strip().partition(";dur=")
+                if dur:
+                    stages.setdefault(name, []).append(float(dur))
+            stages.setdefault("total", []).append(out[-1] * 1e3)
     return out
+
+
+def stage_row(stages: dict[str, list[float]]) -> None:
+    """Medians of the stages, and what the chain does not cover (HTTP, proxy, ingress)."""
+    med = {k: float(np.median(v)) for k, v in stages.items()}
+    parts = ", ".join(f"{k} {med[k]:.1f}" for k in ("fetch", "compose", "encode") if k in med)
+    hops = med.get("chain", 0.0) - sum(med.get(k, 0.0) for k in ("fetch", "compose", "encode"))
+    outside = med["total"] - med.get("chain", 0.0)
+    print(f"{'':<4}p50 ms: {parts}; handoffs between stages {hops:.1f}; HTTP+proxy+ingress {outside:.1f}")
 
 
 def row(name: str, times: list[float], target: str = "") -> None:
@@ -135,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
         timed(preview(1024, 768, 1.5), 10)  # warm the tiles around the centre
         row("panning /v1/preview 512x512 (warm tiles)", timed(preview(512, 512, 1.0), n))
-        row("panning /v1/preview 1024x768 (warm tiles)", timed(preview(1024, 768, 1.0), n), "p50 <= 60")
+        stages: dict[str, list[float]] = {}
+        row(
+            "panning /v1/preview 1024x768 (warm tiles)",
+            timed(preview(1024, 768, 1.0), n, stages),
+            "p50 <= 60",
+        )
+        stage_row(stages)
         same = {"ra": CENTRE[0], "dec": CENTRE[1], "fovDeg": 2.0, "width": 1024, "height": 768}
         row("repeated /v1/preview 1024x768", timed(lambda i: http.post("/v1/preview", json=same), n))
 

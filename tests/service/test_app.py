@@ -127,6 +127,9 @@ def test_preview_png_equals_the_core_render(app, upstream):
     for key, value in wcs.items():
         header[key] = value
     assert np.allclose(WCS(header).wcs_pix2world([[159.5, 119.5]], 0), [[266.4, -28.9]])
+    timing = dict(e.strip().split(";dur=") for e in r.headers["server-timing"].split(","))
+    assert set(timing) == {"fetch", "compose", "encode", "chain"}
+    assert float(timing["compose"]) > 0 and float(timing["chain"]) >= float(timing["compose"])
 
 
 def test_preview_jpeg(app):
