@@ -109,7 +109,17 @@ def _is_replica_death(exc: BaseException) -> bool:
     """A stage's replica died under the request (killed, OOM, node lost): worth one retry."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-    return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
+    # Serve re-raises a dead upstream stage's error as a RayServeException whose
+    # ``__cause__`` holds the ActorDiedError: look down the whole chain.
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (ActorDiedError, ActorUnavailableError, RayActorError)):
+            return True
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return False
 
 
 def _message(exc: BaseException) -> str:

@@ -237,6 +237,8 @@ def test_killed_replica_is_replaced_under_load(app):
     # the 4 clients loading both cores; the service itself never stopped answering.
     assert replaced_after < 20.0
     assert ok / len(results) >= 0.99, f"{ok}/{len(results)} ok; failures (s after kill, status): {failed}"
+    # A request caught by the death is sent once more; what still fails says so (503), never a 500.
+    assert all(status in (0, 503) for _, status in failed), failed
     after = [t for t, s in results if t > killed_at and s == 200]
     assert after and after[-1] - killed_at > 5  # still serving well after the kill
     failures_after = [t - killed_at for t, s in results if t > killed_at and s != 200]
@@ -249,3 +251,20 @@ def test_killed_cache_actor_degrades_to_fetching(app):
     ray.kill(ray.get_actor("skyrender-tile-cache", namespace="skyrender"), no_restart=True)
     for k in range(3):
         assert _preview(app, "ok", ra=266.0 + 0.3 * k).status_code == 200
+
+
+def test_a_dead_stage_behind_serve_wrappers_counts_as_a_replica_death():
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import RayServeException
+
+    from deployments.ingress import _is_replica_death, _status_of
+
+    try:
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as died:
+            raise RayServeException("an upstream actor died before finishing a dependent task") from died
+    except RayServeException as wrapped:
+        assert _is_replica_death(wrapped)
+        assert _status_of(wrapped).status == 503
+    assert not _is_replica_death(RayServeException("queue full"))
