@@ -19,17 +19,9 @@ from skyrender.geometry import make_geometry
 from skyrender.properties import load_survey
 from skyrender.render import render_field
 
-from .loopback import StaticHips
 from .serve_harness import REPO_ROOT, ServeApp
 
 CACHE_BYTES = 8 * 1024 * 1024  # 8 DSS2 tiles (512² float32): small enough to evict
-
-
-@pytest.fixture(scope="module")
-def upstream(hips_dir):
-    server = StaticHips(hips_dir)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,7 @@ from astropy.coordinates import Angle, Latitude, Longitude, SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from .loopback import StaticHips
 from .serve_harness import ServeApp
-
-
-@pytest.fixture(scope="module")
-def upstream(hips_dir):
-    server = StaticHips(hips_dir)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
