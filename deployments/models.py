@@ -37,28 +37,40 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# Descriptions shared by the request bodies (they end up in the OpenAPI document NestJS reads).
+WIDTH = "output width [pixels]; the configured limits on width, height and total pixels apply"
+HEIGHT = "output height [pixels]"
+COLORMAP = "matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it"
+SCALE = "stretch applied after the cuts (astropy.visualization)"
+MIN_CUT = "lower cut: data units, or a percentile like '0.5%' (default 0.5%)"
+MAX_CUT = "upper cut: data units, or a percentile like '99.5%' (default 99.5%)"
+EPOCH = "survey epoch, e.g. VLASS '2.1'; selects among the configured surveys of that epoch"
+SURVEY = "a configured survey's name (default: the first configured)"
+PROJECTION = "wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ..."
+
+
 class RenderTilesRequest(_Body):
     """``POST /render/preview``: tiles in, PNG out."""
 
     tiles: list[str] = Field(min_length=1, description="HiPS tile URLs under a configured survey root")
-    width: int = Field(512, ge=1, description="output width [pixels]")
-    height: int = Field(512, ge=1, description="output height [pixels]")
-    colormap: str = Field("viridis", max_length=64, description="matplotlib colormap name; `_r` reverses")
-    scale: Stretch = Field("linear", description="stretch applied after the cuts")
-    minCut: Cut = Field(None, description="lower cut: data units, or a percentile like '0.5%'")
-    maxCut: Cut = Field(None, description="upper cut: data units, or a percentile like '99.5%'")
+    width: int = Field(512, ge=1, description=WIDTH)
+    height: int = Field(512, ge=1, description=HEIGHT)
+    colormap: str = Field("viridis", max_length=64, description=COLORMAP)
+    scale: Stretch = Field("linear", description=SCALE)
+    minCut: Cut = Field(None, description=MIN_CUT)
+    maxCut: Cut = Field(None, description=MAX_CUT)
 
 
 class SnapshotRequest(_Body):
     """``POST /render/snapshot``: tiles in, PNG out, for the job runner."""
 
-    tiles: list[str] = Field(min_length=1)
-    width: int = Field(512, ge=1)
-    height: int = Field(512, ge=1)
-    colormap: str = Field("viridis", max_length=64)
-    scale: Stretch = "linear"
-    minCut: Cut = None
-    maxCut: Cut = None
+    tiles: list[str] = Field(min_length=1, description="HiPS tile URLs under a configured survey root")
+    width: int = Field(512, ge=1, description=WIDTH)
+    height: int = Field(512, ge=1, description=HEIGHT)
+    colormap: str = Field("viridis", max_length=64, description=COLORMAP)
+    scale: Stretch = Field("linear", description=SCALE)
+    minCut: Cut = Field(None, description=MIN_CUT)
+    maxCut: Cut = Field(None, description=MAX_CUT)
 
 
 class ManifestRequest(_Body):
@@ -67,28 +79,28 @@ class ManifestRequest(_Body):
     ra: float = Field(ge=-360, le=360, description="field centre right ascension, ICRS [deg]")
     dec: float = Field(ge=-90, le=90, description="field centre declination, ICRS [deg]")
     fovDeg: float = Field(gt=0, le=360, description="field of view along the larger side [deg]")
-    epoch: str | None = Field(None, max_length=32, description="survey epoch, e.g. VLASS '2.1'")
-    survey: str | None = Field(None, max_length=128, description="a configured survey name")
-    width: int = Field(512, ge=1)
-    height: int = Field(512, ge=1)
-    projection: str = Field("TAN", max_length=8)
+    epoch: str | None = Field(None, max_length=32, description=EPOCH)
+    survey: str | None = Field(None, max_length=128, description=SURVEY)
+    width: int = Field(512, ge=1, description=WIDTH + " of the render the manifest is for (sets the order)")
+    height: int = Field(512, ge=1, description=HEIGHT)
+    projection: str = Field("TAN", max_length=8, description=PROJECTION)
 
 
 class ManifestTileModel(BaseModel):
-    id: str
-    url: str
-    healpixNside: int
-    order: int
-    npix: int
+    id: str = Field(description="'order/npix', e.g. '3/301'")
+    url: str = Field(description="the tile's URL (NorderK/DirD/NpixN.ext)")
+    healpixNside: int = Field(description="HEALPix NSIDE of the tile (2**order)")
+    order: int = Field(description="HEALPix order of the tile")
+    npix: int = Field(description="NESTED index of the tile at its order")
 
 
 class ManifestResponse(BaseModel):
-    survey: str
-    epoch: str | None
-    order: int
-    tileWidth: int
-    frame: str
-    tiles: list[ManifestTileModel]
+    survey: str = Field(description="the survey's configured name")
+    epoch: str | None = Field(description="its epoch, when configured")
+    order: int = Field(description="HiPS order chosen for the field (hips2fits rule)")
+    tileWidth: int = Field(description="tile side [pixels]")
+    frame: str = Field(description="the survey's frame: equatorial, galactic or ecliptic")
+    tiles: list[ManifestTileModel] = Field(description="tiles covering the field, inside the survey's MOC")
 
 
 class PreviewRequest(_Body):
@@ -97,17 +109,17 @@ class PreviewRequest(_Body):
     ra: float = Field(ge=-360, le=360, description="centre right ascension, ICRS [deg]")
     dec: float = Field(ge=-90, le=90, description="centre declination, ICRS [deg]")
     fovDeg: float = Field(gt=0, le=360, description="field of view along the larger side [deg]")
-    format: Literal["png", "jpeg"] = "png"
-    width: int = Field(512, ge=1)
-    height: int = Field(512, ge=1)
-    colormap: str = Field("viridis", max_length=64)
-    epoch: str | None = Field(None, max_length=32)
-    survey: str | None = Field(None, max_length=128)
-    projection: str = Field("TAN", max_length=8, description="wcslib projection code")
+    format: Literal["png", "jpeg"] = Field("png", description="png (no data transparent) or jpeg (no data black)")
+    width: int = Field(512, ge=1, description=WIDTH)
+    height: int = Field(512, ge=1, description=HEIGHT)
+    colormap: str = Field("viridis", max_length=64, description=COLORMAP)
+    epoch: str | None = Field(None, max_length=32, description=EPOCH)
+    survey: str | None = Field(None, max_length=128, description=SURVEY)
+    projection: str = Field("TAN", max_length=8, description=PROJECTION)
     rotation: float = Field(0.0, ge=-360, le=360, description="sky rotation, CROTA2 convention [deg]")
-    scale: Stretch = "linear"
-    minCut: Cut = None
-    maxCut: Cut = None
+    scale: Stretch = Field("linear", description=SCALE)
+    minCut: Cut = Field(None, description=MIN_CUT)
+    maxCut: Cut = Field(None, description=MAX_CUT)
 
 
 class WcsValidateRequest(_Body):
@@ -117,10 +129,13 @@ class WcsValidateRequest(_Body):
 
 
 class WcsValidateResponse(BaseModel):
-    valid: bool
-    reprojected: dict[str, Any]
+    valid: bool = Field(description="true: wcslib accepts the header's celestial WCS")
+    reprojected: dict[str, Any] = Field(
+        description="what it describes: projection, frame, centre (ra, dec) [deg], pixel scale [deg], "
+        "image size [pixels], rotation [deg], the four corners (ra, dec) [deg]"
+    )
 
 
 class ErrorBody(BaseModel):
-    error: str
-    detail: Any = None
+    error: str = Field(description="short error class, e.g. 'invalid WCS', 'upstream unavailable'")
+    detail: Any = Field(None, description="what was wrong: a message, or pydantic's list of field errors")
