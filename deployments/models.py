@@ -109,7 +109,9 @@ class PreviewRequest(_Body):
     ra: float = Field(ge=-360, le=360, description="centre right ascension, ICRS [deg]")
     dec: float = Field(ge=-90, le=90, description="centre declination, ICRS [deg]")
     fovDeg: float = Field(gt=0, le=360, description="field of view along the larger side [deg]")
-    format: Literal["png", "jpeg"] = Field("png", description="png (no data transparent) or jpeg (no data black)")
+    format: Literal["png", "jpeg"] = Field(
+        "png", description="png (no data transparent) or jpeg (no data black)"
+    )
     width: int = Field(512, ge=1, description=WIDTH)
     height: int = Field(512, ge=1, description=HEIGHT)
     colormap: str = Field("viridis", max_length=64, description=COLORMAP)
