@@ -2,12 +2,12 @@
 
 astropy's ``wcs_pix2world`` costs ~170 ns a pixel here, more than the whole HEALPix
 step, so for the projections a sky preview uses (TAN, SIN, ARC, ZEA, STG, CAR, AIT,
-MOL) we evaluate the FITS WCS chain ourselves in one compiled pass:
+MOL) we evaluate the FITS WCS chain ourselves, a compiled pass then numpy's SIMD arctan2:
 
     pixel → intermediate world (x, y) = CD · (p − CRPIX)            [deg]
           → native spherical (φ, θ)  (the projection's inverse, Calabretta & Greisen 2002)
           → unit vector, rotated by R = M_frame · R_native→celestial
-          → (lon, lat) in the survey's frame                        [rad]
+          → (lon, lat) in the survey's frame                        [rad]   (numpy)
 
 R_native→celestial is not derived by hand: it is fitted (orthogonal Procrustes) to
 native and celestial coordinates that wcslib itself returns (``Wcsprm.p2s``) for a few
