@@ -424,7 +424,7 @@ class Ingress:
         except SkyRenderError as exc:
             raise ApiError(400, "invalid geometry", str(exc)) from None
 
-    async def _tiles_render(self, request: Request, body: RenderTilesRequest | SnapshotRequest) -> Response:
+    async def _tiles_render(self, request: Request, body: RenderTilesRequest) -> Response:
         self._check_size(body.width, body.height)
         if len(body.tiles) > self.config.limits.max_tiles:
             raise ApiError(

@@ -61,16 +61,8 @@ class RenderTilesRequest(_Body):
     maxCut: Cut = Field(None, description=MAX_CUT)
 
 
-class SnapshotRequest(_Body):
-    """``POST /render/snapshot``: tiles in, PNG out, for the job runner."""
-
-    tiles: list[str] = Field(min_length=1, description="HiPS tile URLs under a configured survey root")
-    width: int = Field(512, ge=1, description=WIDTH)
-    height: int = Field(512, ge=1, description=HEIGHT)
-    colormap: str = Field("viridis", max_length=64, description=COLORMAP)
-    scale: Stretch = Field("linear", description=SCALE)
-    minCut: Cut = Field(None, description=MIN_CUT)
-    maxCut: Cut = Field(None, description=MAX_CUT)
+class SnapshotRequest(RenderTilesRequest):
+    """``POST /render/snapshot``: tiles in, PNG out, for the job runner (same fields)."""
 
 
 class ManifestRequest(_Body):
