@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import peers  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from tests.service.loopback import StaticHips  # noqa: E402
 from tests.service.serve_harness import ServeApp  # noqa: E402
@@ -67,34 +68,14 @@ def row(name: str, times: list[float], target: str = "") -> None:
 
 
 def hips2fits_method_ms(repeats: int) -> float:
-    """CDS's method on the same decoded tiles: astropy WCS + cdshealpix bilinear + numpy gather."""
-    from cdshealpix import nested
-
+    """CDS's method on the same decoded DSS2 tiles and 1024x768 field as the panning row."""
     from skyrender.decode import decode_tile
     from skyrender.geometry import make_geometry
-    from skyrender.sampling import subpixel_offsets
 
     tiles = {}
     for path in (HIPS / "cds-dss2-red" / "Norder3" / "Dir0").glob("*.fits"):
         tiles[int(path.stem[4:])] = decode_tile(path.read_bytes())
-    keys = np.array(sorted(tiles))
-    stack = np.stack([tiles[k] for k in keys]).reshape(len(keys), -1)
-    offsets = subpixel_offsets(9)
-    geom = make_geometry(*CENTRE, 2.0, 1024, 768)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ys, xs = np.mgrid[0:768, 0:1024]
-        sky = geom.wcs.pixel_to_world(xs, ys)
-        ipix, weights = nested.bilinear_interpolation(sky.ra.ravel(), sky.dec.ravel(), 12)
-        ipix = np.asarray(ipix).astype(np.int64)
-        tile = ipix >> 18
-        pos = np.clip(np.searchsorted(keys, tile), 0, len(keys) - 1)
-        values = stack[pos, offsets[ipix & (2**18 - 1)]]
-        values[keys[pos] != tile] = np.nan
-        _ = np.nansum(values * np.asarray(weights), axis=1).reshape(768, 1024)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return peers.hips2fits_method_ms(tiles, 3, make_geometry(*CENTRE, 2.0, 1024, 768), "equatorial", repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
