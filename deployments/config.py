@@ -50,6 +50,7 @@ class LimitsConfig(BaseModel):
     max_tile_pixels: int = 2048 * 2048
     max_header_keys: int = 500
     max_body_bytes: int = 1024 * 1024
+    max_request_headers: int = 100
 
 
 class UpstreamConfig(BaseModel):

@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import skyrender
 from skyrender.compose import field_of_tiles, parse_tile_list
@@ -129,8 +131,41 @@ def _message(exc: BaseException) -> str:
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
 
 
-#: Request-body limit, set from the configuration when the ingress starts.
+#: Request-body and header-count limits, set from the configuration when the ingress starts.
 _MAX_BODY_BYTES = [1024 * 1024]
+_MAX_REQUEST_HEADERS = [100]
+
+
+class _BodyLimit:
+    """Refuse a request body over the limit while it streams in (413).
+
+    The Content-Length check in `_request_context` answers early; this one also holds
+    for chunked bodies, which carry no length. The error is an HTTPException raised
+    from ``receive``, so FastAPI's body reader passes it on to the exception handlers.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, received = _MAX_BODY_BYTES[0], 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(413, f"limit {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+app.add_middleware(_BodyLimit)
 
 
 @app.middleware("http")
@@ -143,10 +178,10 @@ async def _request_context(request: Request, call_next):
     start = time.perf_counter()
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > _MAX_BODY_BYTES[0]):
-        response: Response = JSONResponse(
-            status_code=413,
-            content={"error": "request body too large", "detail": f"limit {_MAX_BODY_BYTES[0]} bytes"},
-        )
+        response: Response = _error_response(413, f"limit {_MAX_BODY_BYTES[0]} bytes")
+    elif len(request.headers) > _MAX_REQUEST_HEADERS[0]:
+        count, limit = len(request.headers), _MAX_REQUEST_HEADERS[0]
+        response = _error_response(431, f"{count} header fields; limit {limit}")
     else:
         try:
             response = await call_next(request)
@@ -184,6 +219,24 @@ def _serve_request_id() -> str | None:
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(status_code=exc.status, content={"error": exc.error, "detail": exc.detail})
+
+
+#: Names for the errors Starlette raises itself; others take the HTTP reason phrase.
+_HTTP_ERRORS = {413: "request body too large", 431: "too many header fields"}
+
+
+def _error_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    try:
+        error = _HTTP_ERRORS.get(status) or HTTPStatus(status).phrase.lower()
+    except ValueError:
+        error = "error"
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Routing errors (unknown path 404, wrong method 405) and 413 in the ``{error, detail}`` shape."""
+    return _error_response(exc.status_code, exc.detail, exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -248,6 +301,7 @@ class Ingress:
         self.fetch, self.compose, self.encode = fetch, compose, encode
         self.config = AppConfig.model_validate(config)
         _MAX_BODY_BYTES[0] = self.config.limits.max_body_bytes
+        _MAX_REQUEST_HEADERS[0] = self.config.limits.max_request_headers
         self.started = time.time()
         self._surveys: dict[str, HipsSurvey] = {}
         self._survey_errors: dict[str, tuple[float, str]] = {}

@@ -197,6 +197,38 @@ def test_non_finite_numbers_are_refused(app):
     assert r.status_code == 422
 
 
+def test_request_size_limits(app, upstream):
+    """Bodies over ``max_body_bytes`` (with a length or chunked), FITS headers with thousands
+    of keywords, tile lists over ``max_tiles``, requests with hundreds of header fields."""
+    big = json.dumps({"fitsHeader": {f"K{i}": "x" * 100 for i in range(20_000)}}).encode()
+    assert len(big) > 1024 * 1024
+    as_json = {"content-type": "application/json"}
+    sized = app.client.post("/v1/wcs-validate", content=big, headers=as_json)
+
+    def chunks():  # no Content-Length: the limit must hold while the body streams in
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    chunked = app.client.post("/v1/wcs-validate", content=chunks(), headers=as_json)
+    for r in (sized, chunked):
+        assert r.status_code == 413 and r.json()["error"] == "request body too large", r.text[:300]
+    many_keys = app.client.post("/v1/wcs-validate", json={"fitsHeader": {f"K{i}": 1 for i in range(5000)}})
+    assert many_keys.status_code == 400 and "limit is 500" in many_keys.json()["detail"]
+    url = f"{upstream.url}/cds-dss2-red/Norder3/Dir0/Npix{{}}.fits"
+    many_tiles = app.client.post("/render/preview", json={"tiles": [url.format(i) for i in range(65)]})
+    assert many_tiles.status_code == 400 and many_tiles.json()["error"] == "too many tiles"
+    headers = {f"x-extra-{i}": "v" for i in range(300)}
+    r = app.client.post("/v1/tile-manifest", json={"ra": 0, "dec": 0, "fovDeg": 1}, headers=headers)
+    assert r.status_code == 431 and r.json()["error"] == "too many header fields"
+
+
+def test_routing_errors_are_json_too(app):
+    missing = app.client.get("/no-such-path")
+    assert missing.status_code == 404 and missing.json() == {"error": "not found", "detail": "Not Found"}
+    wrong = app.client.get("/v1/preview")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method not allowed"
+
+
 def test_tile_urls_off_root_are_refused(app, upstream):
     other_port = f"http://127.0.0.1:{upstream.url.rsplit(':', 1)[1]}0/cds-dss2-red/Norder3/Dir0/Npix300.fits"
     r = app.client.post("/render/preview", json={"tiles": [other_port]})
