@@ -178,10 +178,10 @@ async def _request_context(request: Request, call_next):
     start = time.perf_counter()
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > _MAX_BODY_BYTES[0]):
-        response: Response = _error_response(413, f"limit {_MAX_BODY_BYTES[0]} bytes")
+        response: Response = _error_response(request.url.path, 413, f"limit {_MAX_BODY_BYTES[0]} bytes")
     elif len(request.headers) > _MAX_REQUEST_HEADERS[0]:
         count, limit = len(request.headers), _MAX_REQUEST_HEADERS[0]
-        response = _error_response(431, f"{count} header fields; limit {limit}")
+        response = _error_response(request.url.path, 431, f"{count} header fields; limit {limit}")
     else:
         try:
             response = await call_next(request)
@@ -225,18 +225,26 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 _HTTP_ERRORS = {413: "request body too large", 431: "too many header fields"}
 
 
-def _error_response(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def _error_response(
+    path: str, status: int, detail: Any, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """``{error, detail}``, or hips2fits' own ``{title, description}`` under ``/hips2fits``."""
     try:
         error = _HTTP_ERRORS.get(status) or HTTPStatus(status).phrase.lower()
     except ValueError:
         error = "error"
-    return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+    if path.startswith("/hips2fits"):
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+        content = {"title": error[:1].upper() + error[1:], "description": text}
+    else:
+        content = {"error": error, "detail": detail}
+    return JSONResponse(status_code=status, content=content, headers=headers)
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Routing errors (unknown path 404, wrong method 405) and 413 in the ``{error, detail}`` shape."""
-    return _error_response(exc.status_code, exc.detail, exc.headers)
+    return _error_response(request.url.path, exc.status_code, exc.detail, exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -313,8 +321,9 @@ class Ingress:
         cfg = self.config.survey(name, epoch)
         if cfg is None:
             known = [(s.name, s.epoch) for s in self.config.surveys]
-            what = f"survey {name!r}" if name else "a survey"
-            raise ApiError(404, "unknown survey", f"no {what} with epoch {epoch!r}; configured: {known}")
+            what = f"survey {name!r}" if name else "survey"
+            when = f" with epoch {epoch!r}" if epoch is not None else ""
+            raise ApiError(404, "unknown survey", f"no {what}{when}; configured (name, epoch): {known}")
         return cfg
 
     async def _survey(self, cfg: SurveyConfig) -> HipsSurvey:
@@ -691,7 +700,7 @@ class Ingress:
     async def hips2fits_get(
         self,
         request: Request,
-        hips: str = Query(..., description="survey name or HiPS ID"),
+        hips: str | None = Query(None, description="survey name or HiPS ID (required)"),
         width: str | None = Query(None, description="output width [pixels]"),
         height: str | None = Query(None, description="output height [pixels]"),
         projection: str | None = Query(None, description="wcslib projection code"),
@@ -717,6 +726,8 @@ class Ingress:
         """The same as ``GET /hips2fits`` with the parameters as form fields."""
         try:
             form = await request.form()
+        except StarletteHTTPException:  # the body limit: its handler answers
+            raise
         except Exception as exc:
             return JSONResponse(status_code=400, content={"title": "Invalid form", "description": str(exc)})
         params = {k: v for k, v in form.items() if isinstance(v, str)}

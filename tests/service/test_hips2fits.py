@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import astropy.units as u
+import httpx
 import numpy as np
 import pytest
 from astropy.coordinates import Angle, Latitude, Longitude, SkyCoord
@@ -162,6 +163,18 @@ def test_errors_are_title_and_description(app, hips2fits):
     assert r.status_code == 400 and set(r.json()) == {"title", "description"}
     r = app.client.get("/hips2fits", params={"hips": "dss2-red", "wcs": "{not json"})
     assert r.status_code == 400 and r.json()["title"] == "Invalid WCS"
+    r = app.client.get("/hips2fits", params={"width": 10, "height": 10, "fov": 1, "ra": 0, "dec": 0})
+    assert r.status_code == 400 and r.json()["title"] == "Missing parameter", r.text
+    big_form = {"hips": "dss2-red", "wcs": "x" * (2 * 1024 * 1024)}
+    sized = app.client.post("/hips2fits", data=big_form)
+    body = httpx.Request("POST", "http://x", data=big_form).read()  # the same form, sent chunked
+    chunked = app.client.post(
+        "/hips2fits",
+        content=(body[i : i + 65536] for i in range(0, len(body), 65536)),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    for r in (sized, chunked):
+        assert r.status_code == 413 and set(r.json()) == {"title", "description"}, r.text[:200]
 
 
 def test_post_form(app):
