@@ -191,6 +191,10 @@ async def _request_context(request: Request, call_next):
                 status_code=500, content={"error": "internal error", "detail": type(exc).__name__}
             )
     seconds = time.perf_counter() - start
+    # The time spent in this replica, beside the stages' own entries (all in ms).
+    timing = response.headers.get("server-timing")
+    app_timing = f"app;dur={seconds * 1e3:.1f}"
+    response.headers["Server-Timing"] = f"{timing}, {app_timing}" if timing else app_timing
     route = request.scope.get("route")
     endpoint = getattr(route, "path", None) or "unmatched"
     observe_request(endpoint, response.status_code, seconds)

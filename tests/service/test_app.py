@@ -120,8 +120,9 @@ def test_preview_png_equals_the_core_render(app, upstream):
         header[key] = value
     assert np.allclose(WCS(header).wcs_pix2world([[159.5, 119.5]], 0), [[266.4, -28.9]])
     timing = dict(e.strip().split(";dur=") for e in r.headers["server-timing"].split(","))
-    assert set(timing) == {"fetch", "compose", "encode", "chain"}
+    assert set(timing) == {"fetch", "compose", "encode", "chain", "app"}
     assert float(timing["compose"]) > 0 and float(timing["chain"]) >= float(timing["compose"])
+    assert float(timing["app"]) >= float(timing["chain"])
 
 
 def test_preview_jpeg(app):
