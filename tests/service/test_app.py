@@ -31,6 +31,7 @@ def app(upstream):
             {"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red", "epoch": "1.1", "aliases": ["dss"]},
             {"name": "irac4", "url": f"{upstream.url}/cds-spitzer-irac4"},
             {"name": "gaia-rv", "url": f"{upstream.url}/cds-gaia-dr2-rv"},
+            {"name": "dss2-color", "url": f"{upstream.url}/cds-dss2-color"},
             {
                 "name": "dss2-red-e2",
                 "url": f"{upstream.url}/cds-dss2-red",
@@ -130,6 +131,33 @@ def test_preview_jpeg(app):
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     im = Image.open(io.BytesIO(r.content))
     assert im.format == "JPEG" and im.size == (200, 100)
+
+
+def test_colour_survey_is_rgb_per_channel_and_equals_the_core_render(app, upstream):
+    # The Horsehead and Flame nebulae from CDS's colour JPEG tiles (order 5 in the shared data).
+    field = {"ra": 85.30251, "dec": -2.25468, "fovDeg": 2.0, "width": 400, "height": 300}
+    r = app.client.post("/v1/preview", json={**field, "survey": "dss2-color", "colormap": "magma"})
+    assert r.headers["x-tiles-used"] == "5"
+    got = _png(r)
+    assert got.shape == (300, 400, 3)  # RGB: the colormap does not apply to a colour survey
+    geom = make_geometry(85.30251, -2.25468, 2.0, 400, 300)
+    survey = load_survey(f"{upstream.url}/cds-dss2-color")
+
+    def load(tile):
+        from skyrender.decode import decode_tile
+
+        resp = httpx.get(tile.url)
+        return decode_tile(resp.content) if resp.status_code == 200 else None
+
+    image = render_field(geom, survey, load)
+    assert image.shape == (3, 300, 400)  # reprojected per channel
+    want = to_display(image).rgb[::-1]
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # wgpu f32 vs numpy f64
+    red, blue = got[..., 0].astype(float), got[..., 2].astype(float)
+    assert np.abs(red - blue).mean() > 2  # a colour picture, not three copies of one band
+    jpeg = app.client.post("/v1/preview", json={**field, "survey": "dss2-color", "format": "jpeg"})
+    im = Image.open(io.BytesIO(jpeg.content))
+    assert jpeg.status_code == 200 and im.mode == "RGB" and im.size == (400, 300)
 
 
 def test_galactic_survey_preview(app):
