@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -318,6 +319,20 @@ class Ingress:
         self._surveys: dict[str, HipsSurvey] = {}
         self._survey_errors: dict[str, tuple[float, str]] = {}
         self._mocs: dict[str, Any] = {}
+        # Read every survey's properties and MOC now, so the first request need not (~0.1 s each).
+        threading.Thread(target=self._preload_surveys, name="survey-preload", daemon=True).start()
+
+    def _preload_surveys(self) -> None:
+        """Load what `_survey` would; an upstream that is down is left to request time."""
+        for cfg in self.config.surveys:
+            try:
+                survey = load_survey(cfg.url, self.config.upstream.connect_timeout_s)
+                moc = _load_moc(survey)
+            except Exception as exc:
+                log.info("survey %s not preloaded: %s", cfg.name, exc)
+                continue
+            self._mocs.setdefault(cfg.name, moc)  # before the survey: `_survey` readers expect both
+            self._surveys.setdefault(cfg.name, survey)
 
     # -- surveys ---------------------------------------------------------------------------
 
@@ -345,8 +360,9 @@ class Ingress:
         except (SkyRenderError, TimeoutError) as exc:
             self._survey_errors[cfg.name] = (time.monotonic(), f"{cfg.url}: {exc}")
             raise ApiError(503, "upstream unavailable", f"cannot read {cfg.url}/properties: {exc}") from None
+        moc = await asyncio.to_thread(_load_moc, survey)
+        self._mocs[cfg.name] = moc  # before the survey: a reader that finds the survey finds its MOC
         self._surveys[cfg.name] = survey
-        self._mocs[cfg.name] = await asyncio.to_thread(_load_moc, survey)
         return survey
 
     def _tile_location(self, cfg: SurveyConfig, tile: TileId) -> str:
