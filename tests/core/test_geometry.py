@@ -77,3 +77,43 @@ def test_pixel_cap_is_configurable():
     with pytest.raises(GeometryError, match="limit"):
         make_geometry(0, 0, 1, 2000, 2000, max_pixels=1000 * 1000)
     assert make_geometry(0, 0, 1, 2000, 2000, max_pixels=2000 * 2000).n_pixels == 4_000_000
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [
+        make_geometry(266.4, -28.9, 2.0, 1024, 768),
+        make_geometry(10.0, 89.5, 3.0, 300, 200, "SIN", rotation_deg=33.0),
+        make_geometry(0.0, 0.0, 360.0, 1024, 512, "AIT", frame="galactic"),
+        make_geometry(359.99, -45.0, 20.0, 64, 48, "ZEA", rotation_deg=-120.0, frame="ecliptic"),
+    ],
+    ids=["tan", "sin-pole-rotated", "ait-galactic", "zea-ecliptic"],
+)
+def test_geometry_pickles_to_the_same_sky(geom):
+    import pickle
+
+    assert geom.__reduce_ex__(5)[0].__name__ == "_geometry_from_header_text"  # the header-text way
+    back = pickle.loads(pickle.dumps(geom))
+    assert (back.width, back.height, back.frame) == (geom.width, geom.height, geom.frame)
+    xs, ys = np.meshgrid(np.linspace(0, geom.width - 1, 7), np.linspace(0, geom.height - 1, 5))
+    want = np.array(geom.wcs.wcs_pix2world(xs.ravel(), ys.ravel(), 0))
+    got = np.array(back.wcs.wcs_pix2world(xs.ravel(), ys.ravel(), 0))
+    ok = np.isfinite(want)
+    assert np.array_equal(ok, np.isfinite(got))
+    assert np.abs(got[ok] - want[ok]).max() < 1e-10  # degrees
+
+
+def test_geometry_with_distortions_pickles_the_astropy_way():
+    import pickle
+
+    from skyrender.geometry import geometry_from_header
+
+    header = {"NAXIS1": 100, "NAXIS2": 100, "CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP",
+              "CRVAL1": 10.0, "CRVAL2": 20.0, "CRPIX1": 50.5, "CRPIX2": 50.5, "CDELT1": -1e-3,
+              "CDELT2": 1e-3, "A_ORDER": 2, "B_ORDER": 2, "A_2_0": 1e-5, "B_0_2": -2e-5}  # fmt: skip
+    geom = geometry_from_header(header)
+    assert geom.wcs.sip is not None
+    back = pickle.loads(pickle.dumps(geom))
+    assert back.wcs.sip is not None
+    pix = [[0.0, 0.0], [99.0, 99.0], [10.0, 80.0]]
+    assert np.allclose(back.wcs.all_pix2world(pix, 0), geom.wcs.all_pix2world(pix, 0), rtol=0, atol=1e-12)
