@@ -94,7 +94,7 @@ class OutputGeometry:
         lon, lat = self.wcs.wcs_pix2world([(self.width - 1) / 2], [(self.height - 1) / 2], 0)
         return float(lon[0]), float(lat[0])
 
-    def __reduce_ex__(self, protocol):  # noqa: ANN001
+    def __reduce_ex__(self, protocol: int) -> tuple:
         # A geometry crosses a process boundary with every render (ingress -> compose).
         # astropy pickles a WCS through a whole FITS HDU (~1.8 ms a round trip); the header
         # text holds all of a plain celestial WCS (~0.6 ms). Distortions (SIP, lookup tables)
