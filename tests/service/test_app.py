@@ -57,6 +57,17 @@ def _png(response) -> np.ndarray:
 FIELD = {"ra": 266.4, "dec": -28.9, "fovDeg": 4.0, "width": 320, "height": 240}
 
 
+def _core_render(survey_url: str, geom) -> np.ndarray:
+    """The field rendered by the core alone, tiles read over HTTP (a missing tile is uncovered)."""
+    from skyrender.decode import decode_tile
+
+    def load(tile):
+        resp = httpx.get(tile.url)
+        return decode_tile(resp.content) if resp.status_code == 200 else None
+
+    return render_field(geom, load_survey(survey_url), load)
+
+
 def test_openapi_is_served_and_checked_in(app):
     served = app.client.get("/openapi.json").json()
     checked_in = json.loads((REPO_ROOT / "docs" / "openapi.json").read_text())
@@ -97,16 +108,7 @@ def test_preview_png_equals_the_core_render(app, upstream):
     picture = _png(r)
     assert picture.shape[:2] == (240, 320)
     # The same field through the core alone.
-    geom = make_geometry(266.4, -28.9, 4.0, 320, 240)
-    survey = load_survey(f"{upstream.url}/cds-dss2-red")
-
-    def load(tile):
-        from skyrender.decode import decode_tile
-
-        resp = httpx.get(tile.url)
-        return decode_tile(resp.content) if resp.status_code == 200 else None
-
-    image = render_field(geom, survey, load)
+    image = _core_render(f"{upstream.url}/cds-dss2-red", make_geometry(266.4, -28.9, 4.0, 320, 240))
     expected = to_display(image, min_cut=4000, max_cut=12000, stretch="sqrt", cmap="magma")
     got_index = np.asarray(Image.open(io.BytesIO(r.content)))  # palette PNG: the index image
     want = expected.index[::-1]
@@ -140,16 +142,7 @@ def test_colour_survey_is_rgb_per_channel_and_equals_the_core_render(app, upstre
     assert r.headers["x-tiles-used"] == "5"
     got = _png(r)
     assert got.shape == (300, 400, 3)  # RGB: the colormap does not apply to a colour survey
-    geom = make_geometry(85.30251, -2.25468, 2.0, 400, 300)
-    survey = load_survey(f"{upstream.url}/cds-dss2-color")
-
-    def load(tile):
-        from skyrender.decode import decode_tile
-
-        resp = httpx.get(tile.url)
-        return decode_tile(resp.content) if resp.status_code == 200 else None
-
-    image = render_field(geom, survey, load)
+    image = _core_render(f"{upstream.url}/cds-dss2-color", make_geometry(85.30251, -2.25468, 2.0, 400, 300))
     assert image.shape == (3, 300, 400)  # reprojected per channel
     want = to_display(image).rgb[::-1]
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # wgpu f32 vs numpy f64
