@@ -28,9 +28,12 @@ from skyrender.sampling import TileSet
 from skyrender.threads import resolve_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import peers  # noqa: E402
 
-HIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hips"
+from tests.shared_dir import SHARED_DIR  # noqa: E402
+
+HIPS = SHARED_DIR / "data" / "hips"
 
 
 def load_tiles(survey_dir: Path, order: int) -> dict[int, np.ndarray]:

@@ -27,7 +27,10 @@ from skyrender.gpu import WgpuBlender
 from skyrender.render import compute_cells
 from skyrender.sampling import TileSet, blend
 
-HIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hips"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.shared_dir import SHARED_DIR  # noqa: E402
+
+HIPS = SHARED_DIR / "data" / "hips"
 
 
 def load_dss2(order: int = 3) -> TileSet:

@@ -28,8 +28,9 @@ import peers  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from tests.service.loopback import StaticHips  # noqa: E402
 from tests.service.serve_harness import ServeApp  # noqa: E402
+from tests.shared_dir import SHARED_DIR  # noqa: E402
 
-HIPS = ROOT.parent / "shared" / "data" / "hips"
+HIPS = SHARED_DIR / "data" / "hips"
 CENTRE = (266.4, -28.9)
 
 

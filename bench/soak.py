@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.service.loopback import StaticHips  # noqa: E402
 from tests.service.serve_harness import ServeApp  # noqa: E402
+from tests.shared_dir import SHARED_DIR  # noqa: E402
 
-HIPS = ROOT.parent / "shared" / "data" / "hips"
+HIPS = SHARED_DIR / "data" / "hips"
 
 
 def ray_rss_mib() -> dict[str, float]:

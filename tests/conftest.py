@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
+from tests.shared_dir import SHARED_DIR
+
 DATA_DIR = SHARED_DIR / "data"
 HIPS_DIR = DATA_DIR / "hips"
 FITS_DIR = DATA_DIR / "fits"
