@@ -477,7 +477,7 @@ class Ingress:
             try:
                 return await self.encode.encode.remote(display, composed)
             except Exception as exc:
-                if attempt == 2 or not _is_replica_death(_unwrap(exc)):
+                if attempt == 2 or not _is_replica_death(exc):
                     raise
                 log.warning("a replica died during a render; retrying once: %s", _message(_unwrap(exc)))
         raise AssertionError("unreachable")
