@@ -166,7 +166,8 @@ class DiskTileCache:
         """Delete least-recently-used tiles until at most ``target`` bytes (default: the budget) remain."""
         before = self.counters["evictions"]
         with self._locked():
-            self.bytes_held = self._evict_locked(self._read_ledger(), self.max_bytes if target is None else target)
+            target = self.max_bytes if target is None else target
+            self.bytes_held = self._evict_locked(self._read_ledger(), target)
         return self.counters["evictions"] - before
 
     def usage(self) -> int:
