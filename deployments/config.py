@@ -102,6 +102,29 @@ class RenderConfig(BaseModel):
     num_threads: int = Field(1, ge=0, description="cdshealpix threads per compose call (0 = all cores)")
 
 
+class OverloadConfig(BaseModel):
+    """Deadlines and admission control (see *Overload* in docs/operations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline_s: float = Field(
+        4.0, gt=0, description="a request's deadline when the caller gives none [s]: below the caller's 5 s"
+    )
+    max_deadline_s: float = Field(
+        10.0,
+        gt=0,
+        description="longest deadline a caller may ask for (Request-Timeout, X-Request-Deadline) [s]",
+    )
+    admission: bool = Field(True, description="refuse at the ingress what cannot finish by its deadline")
+    margin_s: float = Field(0.1, ge=0, description="time kept for the answer's way back to the caller [s]")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OverloadConfig:
+        if self.max_deadline_s < self.deadline_s:
+            raise ValueError(f"max_deadline_s {self.max_deadline_s} < deadline_s {self.deadline_s}")
+        return self
+
+
 class AppConfig(BaseModel):
     """Everything ``graph:build_app`` takes."""
 
@@ -116,6 +139,7 @@ class AppConfig(BaseModel):
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
+    overload: OverloadConfig = Field(default_factory=OverloadConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppConfig:

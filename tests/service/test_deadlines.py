@@ -1,0 +1,151 @@
+"""Deadlines and the admission estimator, as plain objects (no Ray: the app tests are in test_overload)."""
+
+from __future__ import annotations
+
+import pickle
+from email.utils import formatdate
+
+import pytest
+
+from deployments.admission import MIN_WORK, AdmissionControl, ServiceClock, StageReport, work_units
+from deployments.deadline import Deadline, InvalidDeadline, Shed, deadline_from_headers
+
+NOW = 1_764_446_400.0
+
+
+def test_default_deadline_from_the_config():
+    d = deadline_from_headers({}, default_s=4.0, max_s=10.0, now=NOW)
+    assert (d.start, d.expires, d.source) == (NOW, NOW + 4.0, "config")
+    assert d.remaining(NOW + 1.5) == pytest.approx(2.5)
+    assert not d.expired(NOW + 3.9) and d.expired(NOW + 4.0)
+
+
+def test_relative_and_absolute_headers_bounded_by_the_config():
+    d = deadline_from_headers({"request-timeout": "2.5"}, 4.0, 10.0, now=NOW)
+    assert d.expires == NOW + 2.5 and d.source == "Request-Timeout"
+    d = deadline_from_headers({"request-timeout": "60"}, 4.0, 10.0, now=NOW)
+    assert d.expires == NOW + 10.0  # the caller may not hold us longer than the config allows
+    d = deadline_from_headers({"x-request-deadline": str(NOW + 3)}, 4.0, 10.0, now=NOW)
+    assert d.expires == NOW + 3 and d.source == "X-Request-Deadline"
+    iso = "2025-11-29T20:00:01.5Z"
+    d = deadline_from_headers({"x-request-deadline": iso}, 4.0, 10.0, now=1764446400.0)
+    assert d.expires == pytest.approx(1764446401.5)
+    d = deadline_from_headers({"x-request-deadline": formatdate(NOW + 2, usegmt=True)}, 4.0, 10.0, now=NOW)
+    assert d.expires == NOW + 2
+    both = {"x-request-deadline": str(NOW + 1), "request-timeout": "3"}
+    assert deadline_from_headers(both, 4.0, 10.0, now=NOW).expires == NOW + 1  # the earlier wins
+
+
+def test_a_past_deadline_is_kept_and_is_expired():
+    d = deadline_from_headers({"x-request-deadline": str(NOW - 5)}, 4.0, 10.0, now=NOW)
+    assert d.expired(NOW) and d.remaining(NOW) == -5
+    assert deadline_from_headers({"request-timeout": "0"}, 4.0, 10.0, now=NOW).expired(NOW)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"request-timeout": "soon"},
+        {"request-timeout": "-1"},
+        {"request-timeout": "nan"},
+        {"request-timeout": "inf"},
+        {"x-request-deadline": "tomorrow"},
+        {"x-request-deadline": "2025-11-29T20:00:00"},  # no time zone: ambiguous
+        {"x-request-deadline": "inf"},
+    ],
+)
+def test_unreadable_headers_are_invalid(headers):
+    with pytest.raises(InvalidDeadline):
+        deadline_from_headers(headers, 4.0, 10.0, now=NOW)
+
+
+def test_check_drops_what_cannot_finish():
+    d = Deadline(NOW, NOW + 1.0)
+    d.check("compose", 0.5, now=NOW + 0.2)
+    with pytest.raises(Shed) as late:
+        d.check("compose", 2.5, now=NOW + 0.2)
+    assert late.value.reason == "would_miss_deadline" and late.value.retry_after_s == 2
+    with pytest.raises(Shed) as gone:
+        d.check("encode", now=NOW + 1.2)
+    assert gone.value.reason == "deadline_passed" and gone.value.remaining_s == pytest.approx(-0.2)
+
+
+def test_shed_and_deadline_cross_process_boundaries():
+    shed = Shed("compose", "deadline_passed", 3, 1.25, -0.5)
+    back = pickle.loads(pickle.dumps(shed))
+    assert back.as_dict() == shed.as_dict() and str(back) == str(shed)
+    d = Deadline(NOW, NOW + 4, "Request-Timeout")
+    assert pickle.loads(pickle.dumps(d)) == d
+
+
+def test_service_clock_measures_busy_time_per_work():
+    clock = ServiceClock("compose", "r1", alpha=1.0)
+    # One at a time: the service time is a request's duration.
+    t = clock.begin(now=0.0)
+    assert clock.end(t, 1.0, now=0.2) == pytest.approx(0.2)
+    assert clock.service_s_per_work == pytest.approx(0.2)
+    assert clock.latency_s_per_work == pytest.approx(0.2)
+    # Four sharing the replica, each taking 0.8 s and finishing 0.2 s apart: 0.2 s per request.
+    clock = ServiceClock("compose", "r1", alpha=0.5)
+    starts = [clock.begin(now=0.0) for _ in range(4)]
+    for i, s in enumerate(starts):
+        clock.end(s, 1.0, now=0.8 + 0.2 * i)
+    total_gap = 0.8 + 0.2 * 3
+    assert clock.service_s_per_work == pytest.approx(total_gap / 4, rel=0.5)
+    assert clock.latency_s_per_work > clock.service_s_per_work
+    assert clock.needed_s(2.0) == pytest.approx(2.0 * clock.latency_s_per_work)
+    assert clock.ongoing == 0
+    assert work_units(10, 10) == MIN_WORK and work_units(1000, 1000) == 1.0
+
+
+def _reports(compose_s=0.1, encode_s=0.01, fetch_s=0.005, replicas=("c1",)):
+    out = [StageReport("fetch", "f1", fetch_s, fetch_s), StageReport("encode", "e1", encode_s, encode_s)]
+    out += [StageReport("compose", r, compose_s, compose_s * 4) for r in replicas]
+    return out
+
+
+def test_admission_admits_until_the_deadline_then_refuses_with_retry_after():
+    ac = AdmissionControl(margin_s=0.1)
+    # Nothing measured: admitted.
+    first = ac.decide(1.0, 4.0, now=0.0)
+    assert first.admit and first.estimate_s == 0.0
+    ac.done(1.0, first)
+    ac.observe(_reports(), now=0.0)
+    admitted = []
+    while True:
+        d = ac.decide(1.0, 4.0, now=1.0)
+        if not d.admit:
+            break
+        admitted.append(d)
+    # Compose is the bottleneck at 10 Mpx/s; crossing takes 0.4 + 0.01 + 0.005 s; 4 s deadline.
+    assert d.bottleneck == "compose"
+    assert 33 <= len(admitted) <= 37
+    assert d.estimate_s + 0.1 > 4.0 and d.retry_after_s >= 1
+    # A second compose replica doubles the throughput: more fit.
+    ac.observe(_reports(replicas=("c1", "c2")), now=1.0)
+    assert ac.decide(1.0, 4.0, now=1.0).admit
+    # The work ahead leaves: admitted again.
+    for a in admitted:
+        ac.done(1.0, a)
+    assert ac.in_flight == 1 and ac.decide(1.0, 4.0, now=1.0).admit
+    # A replica not heard from for a while stops counting.
+    assert ac.estimate(1.0, now=100.0) == (0.0, "")
+
+
+def test_an_expired_request_is_refused_even_when_idle():
+    ac = AdmissionControl()
+    d = ac.decide(1.0, -0.1)
+    assert not d.admit and d.retry_after_s == 1 and ac.in_flight == 0
+
+
+def test_estimates_are_corrected_by_what_happened():
+    ac = AdmissionControl(alpha=0.5)
+    ac.observe(_reports(), now=0.0)
+    ac.decide(1.0, 4.0, now=0.0)  # one ahead
+    d = ac.decide(1.0, 4.0, now=0.0)
+    assert d.admit and d.raw_estimate_s > 0.05
+    before = ac.estimate(1.0, now=0.0)[0] * ac.correction
+    for _ in range(6):  # requests take twice the estimate (another ingress shares the stages)
+        ac.done(0.0, d, actual_s=2 * d.raw_estimate_s)
+    assert ac.correction == pytest.approx(2.0, rel=0.05)
+    assert ac.decide(1.0, 4.0, now=0.0).estimate_s == pytest.approx(2 * before, rel=0.1)
