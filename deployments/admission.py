@@ -20,6 +20,7 @@ floor so that tiny renders still count for their fixed costs.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -63,7 +64,7 @@ class StageReport:
 
 
 class ServiceClock:
-    """A stage replica's measured service time (not thread-safe: call from the replica's loop).
+    """A stage replica's measured service time (thread-safe: sync stages run in Serve's threads).
 
     Parameters
     ----------
@@ -81,13 +82,15 @@ class ServiceClock:
         self._work = 0.0  # EWMA of work per completion [Mpx]
         self._latency = 0.0  # EWMA of one request's seconds per Mpx
         self._samples = 0
+        self._lock = threading.Lock()
 
     def begin(self, now: float | None = None) -> float:
         """A request starts; returns its start time (``time.monotonic``) for `end`."""
         now = time.monotonic() if now is None else now
-        if self.ongoing == 0:
-            self._mark = now
-        self.ongoing += 1
+        with self._lock:
+            if self.ongoing == 0:
+                self._mark = now
+            self.ongoing += 1
         return now
 
     def end(self, started: float, work: float, now: float | None = None) -> float:
@@ -95,15 +98,23 @@ class ServiceClock:
         now = time.monotonic() if now is None else now
         work = max(work, MIN_WORK)
         seconds = now - started
-        gap = now - (self._mark if self._mark is not None else started)
-        self.ongoing = max(self.ongoing - 1, 0)
-        self._mark = now if self.ongoing else None
-        a = self.alpha if self._samples else 1.0
-        self._gap += a * (gap - self._gap)
-        self._work += a * (work - self._work)
-        self._latency += a * (seconds / work - self._latency)
-        self._samples += 1
+        with self._lock:
+            gap = now - (self._mark if self._mark is not None else started)
+            self.ongoing = max(self.ongoing - 1, 0)
+            self._mark = now if self.ongoing else None
+            a = self.alpha if self._samples else 1.0
+            self._gap += a * (gap - self._gap)
+            self._work += a * (work - self._work)
+            self._latency += a * (seconds / work - self._latency)
+            self._samples += 1
         return seconds
+
+    def abandon(self, now: float | None = None) -> None:
+        """A request that `begin` counted ended without completing (it failed): no sample."""
+        with self._lock:
+            self.ongoing = max(self.ongoing - 1, 0)
+            if not self.ongoing:
+                self._mark = None
 
     @property
     def service_s_per_work(self) -> float:

@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from skyrender.errors import SkyRenderError
 
 __all__ = [
+    "Budget",
     "DEADLINE_HEADER",
     "TIMEOUT_HEADER",
     "Deadline",
@@ -124,6 +125,24 @@ class Deadline:
             raise Shed(stage, "deadline_passed", 1, need_s, left)
         if need_s > left:
             raise Shed(stage, "would_miss_deadline", math.ceil(need_s - left), need_s, left)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What travels with a render through the stages: its deadline and its size.
+
+    Attributes
+    ----------
+    deadline : Deadline
+    work : float
+        The render's work [megapixels of output] (see `deployments.admission.work_units`).
+    sent_at : float
+        When the ingress sent it to the first stage (Unix time) [s]: the first queue wait.
+    """
+
+    deadline: Deadline
+    work: float
+    sent_at: float
 
 
 def _parse_absolute(value: str) -> float:

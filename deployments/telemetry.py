@@ -70,6 +70,27 @@ class _Metrics:
             "Compose backend in use (1 for the active one)",
             tag_keys=("backend",),
         )
+        self.shed = Counter(
+            "skyrender_shed_total",
+            "Requests dropped without computing them, by endpoint, stage and reason "
+            "(deadline_passed, would_miss_deadline, queue_full): demand the service did not serve",
+            tag_keys=("endpoint", "stage", "reason"),
+        )
+        self.queue_wait_seconds = Histogram(
+            "skyrender_queue_wait_seconds",
+            "Time a request waited before a stage started it (Serve queues and the handoff) [s]",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("stage",),
+        )
+        self.deadline_misses = Counter(
+            "skyrender_deadline_misses_total",
+            "Requests whose deadline passed: dropped at a stage (stage) or answered late (stage=answer)",
+            tag_keys=("stage",),
+        )
+        self.admission_estimate_seconds = Gauge(
+            "skyrender_admission_estimate_seconds",
+            "The ingress's latest estimate of a newcomer's time to finish [s]",
+        )
         self.compose_renders = Counter(
             "skyrender_compose_renders_total",
             "Reprojections by compose backend (wgpu, numpy)",
@@ -109,6 +130,33 @@ def observe_stage(stage: str, seconds: float) -> None:
     m = metrics()
     if m is not None:
         m.stage_seconds.observe(seconds, tags={"stage": stage})
+
+
+def observe_shed(endpoint: str, stage: str, reason: str) -> None:
+    m = metrics()
+    if m is not None:
+        m.shed.inc(1, tags={"endpoint": endpoint, "stage": stage, "reason": reason})
+        if reason == "deadline_passed":
+            m.deadline_misses.inc(1, tags={"stage": stage})
+
+
+def observe_queue_wait(stage: str, seconds: float) -> None:
+    m = metrics()
+    if m is not None:
+        m.queue_wait_seconds.observe(max(seconds, 0.0), tags={"stage": stage})
+
+
+def observe_late_answer() -> None:
+    """A render answered after its deadline: the caller had given up (a deadline miss)."""
+    m = metrics()
+    if m is not None:
+        m.deadline_misses.inc(1, tags={"stage": "answer"})
+
+
+def observe_estimate(seconds: float) -> None:
+    m = metrics()
+    if m is not None:
+        m.admission_estimate_seconds.set(seconds)
 
 
 def observe_tile(

@@ -1,0 +1,228 @@
+"""Overload: capacity with 8 clients, then 96 clients for a fixed time, through HTTP on loopback.
+
+Starts the real Serve application (serve_config.yaml) with a loopback HTTP upstream serving CDS
+DSS2 tiles (or measures a running one: ``--url``), warms the tiles, then:
+
+1. capacity: 8 clients panning ``/v1/preview`` 512x512 PNG (a new centre every request) for a
+   fixed time: renders answered per second;
+2. overload: 96 clients doing the same for a fixed time. A client that is refused waits what
+   ``Retry-After`` says (as the portal's caller does), then goes on. Meanwhile a probe reads
+   ``/healthz`` and ``/readyz`` twice a second.
+
+Prints goodput (200s answered within the caller's 5 s timeout, per second) and its ratio to the
+capacity, the slowest answer, every status seen with its latency, the refusals (latency,
+``Retry-After``), and the health probes, each against the targets of issue 14.
+
+    python bench/overload.py            # full: 15 s + 30 s
+    python bench/overload.py --short    # CI: 6 s + 12 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.service.loopback import StaticHips  # noqa: E402
+from tests.service.serve_harness import ServeApp, load_config  # noqa: E402
+from tests.shared_dir import SHARED_DIR  # noqa: E402
+
+HIPS = SHARED_DIR / "data" / "hips"
+CENTRE = (266.4, -28.9)
+CALLER_TIMEOUT_S = 5.0  # the portal's caller gives up after this (docs/design.md)
+
+
+@dataclass
+class Outcome:
+    status: int  # 0: no HTTP answer (connection error)
+    seconds: float
+    retry_after: str | None = None
+    error: str = ""
+
+
+@dataclass
+class Phase:
+    clients: int
+    seconds: float
+    outcomes: list[Outcome] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def by_status(self) -> dict[int, list[Outcome]]:
+        out: dict[int, list[Outcome]] = {}
+        for o in self.outcomes:
+            out.setdefault(o.status, []).append(o)
+        return dict(sorted(out.items()))
+
+    def good(self) -> int:
+        return sum(1 for o in self.outcomes if o.status == 200 and o.seconds <= CALLER_TIMEOUT_S)
+
+
+def ms(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3 if values else float("nan")
+
+
+async def _client(http: httpx.AsyncClient, stop_at: float, phase: Phase, rng: np.random.Generator, body):
+    while time.perf_counter() < stop_at:
+        ra, dec = CENTRE[0] + rng.uniform(-1.0, 1.0), CENTRE[1] + rng.uniform(-1.0, 1.0)
+        t0 = time.perf_counter()
+        try:
+            r = await http.post("/v1/preview", json={**body, "ra": ra, "dec": dec})
+            outcome = Outcome(r.status_code, time.perf_counter() - t0, r.headers.get("retry-after"))
+            if r.status_code != 200:
+                outcome.error = r.text[:200]
+        except httpx.HTTPError as exc:
+            outcome = Outcome(0, time.perf_counter() - t0, error=type(exc).__name__)
+        phase.outcomes.append(outcome)
+        if outcome.status in (429, 503) and outcome.retry_after and outcome.retry_after.isdigit():
+            await asyncio.sleep(min(float(outcome.retry_after), max(stop_at - time.perf_counter(), 0.0)))
+        elif outcome.status != 200:
+            await asyncio.sleep(0.1)  # no advice: a short pause, as a polite client does
+
+
+async def _run(url: str, clients: int, seconds: float, body: dict, seed: int) -> Phase:
+    phase = Phase(clients, seconds)
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as http:
+        start = time.perf_counter()
+        rngs = [np.random.default_rng(seed + i) for i in range(clients)]
+        await asyncio.gather(*(_client(http, start + seconds, phase, rngs[i], body) for i in range(clients)))
+        phase.elapsed = time.perf_counter() - start  # until the last answer: late ones count against us
+    return phase
+
+
+class HealthProbe:
+    """Reads ``/healthz`` and ``/readyz`` every 0.5 s in its own thread and connection."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.samples: dict[str, list[tuple[int, float]]] = {"/healthz": [], "/readyz": []}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0) as http:
+            while not self._stop.is_set():
+                for path, samples in self.samples.items():
+                    t0 = time.perf_counter()
+                    try:
+                        status = http.get(path).status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    samples.append((status, time.perf_counter() - t0))
+                self._stop.wait(0.5)
+
+
+def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: float) -> None:
+    cap_rate = capacity.good() / capacity.elapsed
+    good_rate = overload.good() / overload.elapsed
+    print(f"capacity, {capacity.clients} clients, {capacity.seconds:.0f} s: {cap_rate:.1f} renders/s "
+          f"({len(capacity.outcomes)} requests; statuses {_counts(capacity)})")  # fmt: skip
+    n = len(overload.outcomes)
+    print(f"overload, {overload.clients} clients, {overload.seconds:.0f} s: {n} requests, the last answered "
+          f"after {overload.elapsed:.1f} s")  # fmt: skip
+    ratio = good_rate / cap_rate if cap_rate else float("nan")
+    print(f"  goodput (200 within {CALLER_TIMEOUT_S:.0f} s) {good_rate:.1f}/s = {ratio:.0%} of capacity"
+          f"   target >= 90 %  [{'ok' if ratio >= 0.9 else 'MISSED'}]")  # fmt: skip
+    answers = [o for o in overload.outcomes if o.status != 0]
+    slowest = max((o.seconds for o in answers), default=0.0)
+    late = sum(1 for o in answers if o.seconds > deadline_s + 1.0)
+    print(f"  slowest answer {slowest:.2f} s; {late} answers later than deadline {deadline_s:.1f} s + 1 s"
+          f"   target 0  [{'ok' if late == 0 else 'MISSED'}]")  # fmt: skip
+    print(f"  {'status':>6} {'count':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}   example")
+    for status, outs in overload.by_status().items():
+        secs = [o.seconds for o in outs]
+        example = next((o.error for o in outs if o.error), "")[:90]
+        print(f"  {status:>6} {len(outs):>6} {ms(secs, 50):9.1f} {ms(secs, 99):9.1f} {ms(secs, 100):9.1f}   "
+              f"{example}")  # fmt: skip
+    refusals = [o for o in overload.outcomes if o.status in (429, 503)]
+    with_ra = sum(1 for o in refusals if o.retry_after)
+    p99 = ms([o.seconds for o in refusals], 99)
+    verdict = "ok" if not refusals or (with_ra == len(refusals) and p99 <= 100) else "MISSED"
+    advised = sorted({o.retry_after for o in refusals if o.retry_after})
+    print(f"  refusals (503/429): {len(refusals)}, {with_ra} with Retry-After (values {advised[:8]}), "
+          f"p99 {p99:.1f} ms   target all with Retry-After, p99 <= 100 ms  [{verdict}]")  # fmt: skip
+    n504 = sum(1 for o in overload.outcomes if o.status == 504)
+    verdict = "ok" if not n504 else "MISSED"
+    print(f"  504s: {n504}   target 0 (the upstream here is a fast loopback server)  [{verdict}]")
+    for path, samples in probe.samples.items():
+        if not samples:
+            continue
+        statuses = sorted({s for s, _ in samples})
+        secs = [t for _, t in samples]
+        if statuses == [404]:
+            print(f"  {path}: not served by this version")
+            continue
+        worst = max(secs) * 1e3
+        print(f"  {path}: {len(samples)} probes, statuses {statuses}, p50 {ms(secs, 50):.1f} ms, "
+              f"max {worst:.1f} ms   target <= 100 ms  [{'ok' if worst <= 100 else 'MISSED'}]")  # fmt: skip
+
+
+def _counts(phase: Phase) -> dict[int, int]:
+    return {s: len(o) for s, o in phase.by_status().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="CI mode: 6 s + 12 s")
+    parser.add_argument("--url", help="measure a running service instead of starting one")
+    parser.add_argument("--survey", default=None, help="survey to render (with --url; default: its first)")
+    parser.add_argument("--clients", type=int, default=96)
+    parser.add_argument("--seconds", type=float, default=None, help="length of the overload phase")
+    args = parser.parse_args(argv)
+    cap_s, over_s = (6.0, 12.0) if args.short else (15.0, 30.0)
+    over_s = args.seconds or over_s
+    args_cfg = load_config()["applications"][0]["args"]
+    deadline_s = float(args_cfg.get("overload", {}).get("deadline_s", CALLER_TIMEOUT_S))
+    upstream = app = None
+    if args.url:
+        url, survey = args.url.rstrip("/"), args.survey
+    else:
+        upstream = StaticHips(HIPS)
+        survey = "dss2-red"
+        app = ServeApp({"surveys": [{"name": survey, "url": f"{upstream.url}/cds-dss2-red"}],
+                        "build_sample_survey": False})  # fmt: skip
+        url = app.url
+    body = {"fovDeg": 2.0, "width": 512, "height": 512, "format": "png"}
+    if survey:
+        body["survey"] = survey
+    try:
+        print(f"# overload benchmark ({'short' if args.short else 'full'}), loopback, 2 cores shared with "
+              f"other engineers' work; deadline {deadline_s:.1f} s")  # fmt: skip
+        warm = {**body, "width": 1024, "height": 768, "fovDeg": 3.5}
+        with httpx.Client(base_url=url, timeout=60.0) as http:
+            for _ in range(3):  # the tiles around the centre, and every kernel, warm
+                http.post("/v1/preview", json={**warm, "ra": CENTRE[0], "dec": CENTRE[1]})
+        asyncio.run(_run(url, 8, 2.0, body, seed=1))  # warm the replicas' measurements
+        capacity = asyncio.run(_run(url, 8, cap_s, body, seed=100))
+        time.sleep(1.0)
+        with HealthProbe(url) as probe:
+            overload = asyncio.run(_run(url, args.clients, over_s, body, seed=1000))
+        report(capacity, overload, probe, deadline_s)
+    finally:
+        if app is not None:
+            app.close()
+        if upstream is not None:
+            upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Load shedding where the stages and the ingress meet Serve: guards, the admission gate, metrics, logs.
+
+* `StageGuard` (one per stage replica) records how long a request waited for the stage, drops it
+  when its deadline has passed or the stage's measured time no longer fits before it (`Shed`),
+  and measures the stage's service time (`ServiceClock`) for the report sent back.
+* `AdmissionGate` (one per ingress replica) fixes each request's deadline, admits or refuses it
+  from the estimate (`AdmissionControl`), takes the stages' reports back, and turns a `Shed`
+  into the metrics and the log line that say why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .admission import AdmissionControl, Decision, ServiceClock, StageReport, work_units
+from .config import OverloadConfig
+from .deadline import Budget, Deadline, Shed, deadline_from_headers
+from .telemetry import observe_estimate, observe_late_answer, observe_queue_wait, observe_shed
+
+__all__ = ["AdmissionGate", "Admitted", "StageGuard", "StageRun", "shed_from_backpressure"]
+
+log = logging.getLogger("ray.serve")
+shed_log = logging.getLogger("ray.serve.skyrender.shed")
+
+
+def _replica_name() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (unit tests)
+        return f"pid{os.getpid()}"
+
+
+@dataclass
+class StageRun:
+    """One request's pass through a stage; ``report`` is set when it completes."""
+
+    started: float
+    queue_wait_s: float
+    report: StageReport | None = None
+
+
+class StageGuard:
+    """A stage replica's deadline check and service clock.
+
+    Parameters
+    ----------
+    stage : str
+        ``fetch``, ``compose`` or ``encode``.
+    """
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.clock = ServiceClock(stage, _replica_name())
+
+    def enter(self, budget: Budget | None, ready_at: float | None = None) -> StageRun:
+        """Start a request, or raise `Shed` when it can no longer finish in time.
+
+        Parameters
+        ----------
+        budget : Budget or None
+            The request's deadline and size (None: calls without one, e.g. health checks).
+        ready_at : float, optional
+            When the previous stage finished (Unix time) [s]; default: when the ingress sent it.
+        """
+        if budget is None:
+            return StageRun(self.clock.begin(), 0.0)
+        waited = time.time() - (ready_at if ready_at is not None else budget.sent_at)
+        observe_queue_wait(self.stage, waited)
+        budget.deadline.check(self.stage, self.clock.needed_s(budget.work))
+        return StageRun(self.clock.begin(), waited)
+
+    def leave(self, run: StageRun, budget: Budget | None) -> StageReport:
+        """The request completed: measure it and make its report."""
+        seconds = self.clock.end(run.started, budget.work if budget is not None else 0.0)
+        run.report = self.clock.report(run.queue_wait_s, seconds)
+        return run.report
+
+    def abandon(self) -> None:
+        """The request failed inside the stage: count it out without a sample."""
+        self.clock.abandon()
+
+
+def shed_from_backpressure(exc: BaseException, estimate_s: float, remaining_s: float) -> Shed | None:
+    """A Serve queue-limit refusal (``BackPressureError``) as a `Shed`, else None."""
+    from ray.serve.exceptions import BackPressureError
+
+    if not isinstance(exc, BackPressureError):
+        return None
+    return Shed("queue", "queue_full", math.ceil(max(estimate_s, 1.0)), estimate_s, remaining_s)
+
+
+@dataclass
+class Admitted:
+    """A render the gate let in: hand ``budget`` to the stages, then call `AdmissionGate.finish`."""
+
+    endpoint: str
+    decision: Decision
+    budget: Budget
+    admitted_at: float = field(default_factory=time.monotonic)
+    done: bool = False
+
+
+class AdmissionGate:
+    """The ingress's side: deadlines, admission, and the accounting of what was shed.
+
+    Parameters
+    ----------
+    config : OverloadConfig
+    """
+
+    def __init__(self, config: OverloadConfig):
+        self.config = config
+        self.control = AdmissionControl(margin_s=config.margin_s)
+
+    def deadline(self, headers: Mapping[str, str]) -> Deadline:
+        """The request's deadline (`InvalidDeadline` for an unreadable header: a 400)."""
+        return deadline_from_headers(headers, self.config.deadline_s, self.config.max_deadline_s)
+
+    def admit(self, endpoint: str, deadline: Deadline, width: int, height: int) -> Admitted:
+        """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``)."""
+        work = work_units(width, height)
+        remaining = deadline.remaining()
+        decision = self.control.decide(work, remaining)
+        if decision.estimate_s > 0:
+            observe_estimate(decision.estimate_s)
+        if not decision.admit and (self.config.admission or remaining <= 0):
+            if remaining <= 0:
+                shed = Shed("ingress", "deadline_passed", 1, decision.estimate_s, remaining)
+            else:
+                # Retry once the work admitted now has finished: it is what stands in the way.
+                shed = Shed("ingress", "would_miss_deadline", math.ceil(decision.estimate_s),
+                            decision.estimate_s, remaining)  # fmt: skip
+            shed.decision = decision  # type: ignore[attr-defined]  # for the log line
+            raise shed
+        if not decision.admit:  # admission off: count it in anyway, the stages still drop late work
+            decision = self.control.decide(work, math.inf)
+        return Admitted(endpoint, decision, Budget(deadline, work, time.time()))
+
+    def finish(
+        self, admitted: Admitted, reports: list[StageReport] | None = None, completed: bool = False
+    ) -> None:
+        """The render has left: free its place; learn from its reports and (if completed) its time."""
+        if admitted.done:
+            return
+        admitted.done = True
+        actual = time.monotonic() - admitted.admitted_at if completed else None
+        if reports:
+            self.control.observe(reports)
+        self.control.done(admitted.budget.work, admitted.decision, actual)
+        if completed and admitted.budget.deadline.expired():
+            observe_late_answer()
+
+    def estimate_s(self, width: int, height: int) -> float:
+        """The current estimate for a render of that size [s] (for a refusal Serve made)."""
+        raw, _ = self.control.estimate(work_units(width, height))
+        return raw * self.control.correction
+
+    def record_shed(self, request_id: str, endpoint: str, shed: Shed, deadline: Deadline | None) -> dict:
+        """Count a dropped request and write its one log line; returns the fields for the response."""
+        observe_shed(endpoint, shed.stage, shed.reason)
+        record = {"request_id": request_id, "endpoint": endpoint, **shed.as_dict()}
+        decision = getattr(shed, "decision", None)
+        if isinstance(decision, Decision):
+            record.update(
+                in_flight=self.control.in_flight,
+                ahead_mpx=round(decision.ahead_work, 4),
+                bottleneck=decision.bottleneck,
+                correction=round(self.control.correction, 3),
+            )
+        if deadline is not None:
+            record.update(deadline_s=round(deadline.budget_s, 3), deadline_source=deadline.source)
+        shed_log.warning(json.dumps({"event": "shed", **record}, separators=(",", ":")))
+        return record
