@@ -13,9 +13,11 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.compose_stage import Compose
 from deployments.config import AppConfig, default_sample_dir
+from deployments.encode_stage import Encode
+from deployments.fetch_stage import TileFetch
 from deployments.ingress import Ingress
-from deployments.stages import Compose, Encode, TileFetch
 
 log = logging.getLogger("ray.serve")
 

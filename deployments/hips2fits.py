@@ -15,19 +15,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from skyrender.display import STRETCHES
+from skyrender.display import STRETCHES, Cut, parse_cut
 from skyrender.errors import SkyRenderError
+from skyrender.frames import transform_lonlat
 from skyrender.geometry import OutputGeometry, geometry_from_header, make_geometry
+from skyrender.tiles import format_of
 
-FORMATS = {"fits": "fits", "jpg": "jpeg", "jpeg": "jpeg", "png": "png"}
+from .errors import ApiError
+
+__all__ = ["Hips2FitsError", "Hips2FitsQuery", "parse_query"]
 
 
-class Hips2FitsError(Exception):
-    """A bad hips2fits query: rendered as ``{title, description}`` with status 400/404."""
+class Hips2FitsError(ApiError):
+    """A bad hips2fits query: answered as ``{title, description}`` with status 400/404."""
 
     def __init__(self, title: str, description: str, status: int = 400):
-        super().__init__(f"{title}: {description}")
-        self.title, self.description, self.status = title, description, status
+        super().__init__(status, title, description)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class Hips2FitsQuery:
     hips: str
     geometry: OutputGeometry
     format: str  # fits | jpeg | png
-    min_cut: float | str
-    max_cut: float | str
+    min_cut: Cut
+    max_cut: Cut
     stretch: str
     cmap: str
 
@@ -63,22 +66,15 @@ def _integer(params: Mapping[str, str], key: str) -> int:
     return int(value)
 
 
-def _cut(raw: str | None, default: str) -> float | str:
-    text = (raw or default).strip()
+def _cut(raw: str | None, default: str) -> Cut:
     try:
-        if text.endswith("%"):
-            value = float(text[:-1])
-            if not (math.isfinite(value) and 0 <= value <= 100):
-                raise ValueError
-            return f"{value}%"
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError
-        return value
-    except ValueError:
+        cut = parse_cut(raw or default)
+    except SkyRenderError:
         raise Hips2FitsError(
             "Invalid parameter", f"cut {raw!r} must be a number or a percentage like '99.5%'"
         ) from None
+    assert cut is not None
+    return cut
 
 
 def parse_query(params: Mapping[str, str], *, max_side: int, max_pixels: int) -> Hips2FitsQuery:
@@ -86,9 +82,12 @@ def parse_query(params: Mapping[str, str], *, max_side: int, max_pixels: int) ->
     hips = (params.get("hips") or "").strip()
     if not hips:
         raise Hips2FitsError("Missing parameter", "'hips' is required: a survey name or ID")
-    fmt = FORMATS.get((params.get("format") or "fits").strip().lower())
-    if fmt is None:
-        raise Hips2FitsError("Invalid parameter", f"format {params.get('format')!r}: use fits, jpg or png")
+    try:
+        fmt = format_of(params.get("format") or "fits")
+    except SkyRenderError:
+        raise Hips2FitsError(
+            "Invalid parameter", f"format {params.get('format')!r}: use fits, jpg or png"
+        ) from None
     stretch = (params.get("stretch") or "linear").strip().lower()
     if stretch not in STRETCHES:
         raise Hips2FitsError("Invalid parameter", f"stretch {stretch!r}: use one of {', '.join(STRETCHES)}")
@@ -109,10 +108,7 @@ def parse_query(params: Mapping[str, str], *, max_side: int, max_pixels: int) ->
             ra, dec = _number(params, "ra"), _number(params, "dec")
             if coordsys == "galactic":
                 # hips2fits takes the centre in ICRS whatever the projection's frame.
-                from astropy.coordinates import SkyCoord
-
-                gal = SkyCoord(ra=ra, dec=dec, unit="deg", frame="icrs").galactic
-                ra, dec = float(gal.l.deg), float(gal.b.deg)
+                ra, dec = transform_lonlat(ra, dec, "icrs", "galactic")
             projection = (params.get("projection") or "").strip()
             if not projection:
                 raise Hips2FitsError("Missing parameter", "'projection' is required (or give 'wcs')")

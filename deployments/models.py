@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-Stretch = Literal["linear", "sqrt", "log", "asinh", "power"]
+from skyrender.display import STRETCHES, parse_cut
+
+__all__ = [
+    "ErrorBody",
+    "ManifestRequest",
+    "ManifestResponse",
+    "ManifestTileModel",
+    "PreviewRequest",
+    "RenderTilesRequest",
+    "SnapshotRequest",
+    "WcsValidateRequest",
+    "WcsValidateResponse",
+]
+
+Stretch = Literal[STRETCHES]
 
 
 def _cut(v: float | str | None) -> float | str | None:
-    if v is None:
-        return v
-    if isinstance(v, str):
-        s = v.strip()
-        body = s[:-1] if s.endswith("%") else s
-        try:
-            x = float(body)
-        except ValueError:
-            raise ValueError("must be a number in data units or a percentile such as '99.5%'") from None
-        if not math.isfinite(x) or (s.endswith("%") and not 0 <= x <= 100):
-            raise ValueError("percentile must be within 0%..100%")
-        return s
-    if not math.isfinite(v):
-        raise ValueError("must be a finite number")
-    return float(v)
+    """Check a cut with the core's parser (a `DisplayError` is a ValueError: pydantic reports it)."""
+    parse_cut(v)
+    return v.strip() if isinstance(v, str) else v
 
 
 #: A cut: a number in data units, or a percentile string such as "99.5%".

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from .display import STRETCHES
 from .errors import SkyRenderError
 
 
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="render a field to PNG, JPEG or FITS")
     _geometry_args(render)
-    render.add_argument("--stretch", default="linear", help="linear | sqrt | log | asinh | power")
+    render.add_argument("--stretch", default="linear", choices=STRETCHES)
     render.add_argument("--cmap", default="viridis", help="matplotlib colormap name (_r reverses)")
     render.add_argument("--min-cut", default=None, help="data value or percentile like 0.5%%")
     render.add_argument("--max-cut", default=None, help="data value or percentile like 99.5%%")
@@ -48,15 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     manifest = sub.add_parser("manifest", help="list the tiles a field needs, as JSON")
     _geometry_args(manifest)
     return parser
-
-
-def _cut(value: str | None) -> float | str | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
 
 
 def _read(location: str) -> bytes | None:
@@ -118,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             disp = to_display(
                 image,
-                min_cut=_cut(args.min_cut),
-                max_cut=_cut(args.max_cut),
+                min_cut=args.min_cut,
+                max_cut=args.max_cut,
                 stretch=args.stretch,
                 cmap=args.cmap,
             )

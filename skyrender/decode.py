@@ -17,7 +17,8 @@ import warnings
 
 import numpy as np
 
-from .errors import TileDecodeError
+from .errors import TileDecodeError, TilePathError
+from .tiles import format_of
 
 #: Default cap on the pixels a single tile may claim.
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -58,7 +59,10 @@ def decode_tile(data: bytes, fmt: str | None = None, *, max_pixels: int = DEFAUL
     data = bytes(data)
     found = sniff_format(data)
     if fmt is not None:
-        wanted = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
+        try:
+            wanted = format_of(fmt)
+        except TilePathError as exc:
+            raise TileDecodeError(str(exc)) from None
         if wanted != found:
             raise TileDecodeError(f"wrong tile type: expected {wanted}, the bytes are {found}")
     if found == "fits":

@@ -23,15 +23,11 @@ from typing import Any
 import numpy as np
 
 from .display import NO_DATA_INDEX, DisplayImage, to_display
-from .errors import EncodeError
+from .errors import EncodeError, TilePathError
+from .tiles import format_of
 
-#: Media type of each output format.
-MEDIA_TYPES = {
-    "png": "image/png",
-    "jpeg": "image/jpeg",
-    "jpg": "image/jpeg",
-    "fits": "application/fits",
-}
+#: Media type of each output format (canonical names: `skyrender.tiles.format_of`).
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "fits": "application/fits"}
 
 #: Keywords describing the data layout: written by astropy from the array, never copied
 #: from a caller's header.
@@ -234,9 +230,10 @@ def encode_image(img_or_array: DisplayImage | np.ndarray, fmt: str, **opts: Any)
     EncodeError
         Unknown format, unknown option, bad option value.
     """
-    key = str(fmt).strip().lower()
-    if key not in MEDIA_TYPES:
-        raise EncodeError(f"unknown output format {fmt!r}; expected one of png, jpeg, fits")
+    try:
+        key = format_of(fmt)
+    except TilePathError:
+        raise EncodeError(f"unknown output format {fmt!r}; expected one of png, jpeg, fits") from None
     if key == "fits":
         if isinstance(img_or_array, DisplayImage):
             raise EncodeError("FITS output needs the float data, not an 8-bit display image")

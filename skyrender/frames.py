@@ -87,3 +87,16 @@ def frame_of_wcs(wcs) -> str:
     if "ecliptic" in name:
         return "ecliptic"
     raise GeometryError(f"unsupported celestial frame {frame.name!r}")
+
+
+def transform_lonlat(lon_deg: float, lat_deg: float, from_frame: str, to_frame: str) -> tuple[float, float]:
+    """A position [deg] in ``from_frame`` as (lon, lat) [deg] in ``to_frame``.
+
+    Uses `rotation_matrix`, so it agrees with astropy to rounding; lon is in [0, 360).
+    """
+    lon, lat = np.radians(lon_deg), np.radians(lat_deg)
+    vec = np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+    x, y, z = rotation_matrix(from_frame, to_frame) @ vec
+    out_lon = float(np.degrees(np.arctan2(y, x)) % 360.0)
+    out_lat = float(np.degrees(np.arcsin(np.clip(z, -1.0, 1.0))))
+    return out_lon, out_lat

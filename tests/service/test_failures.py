@@ -257,7 +257,7 @@ def test_a_dead_stage_behind_serve_wrappers_counts_as_a_replica_death():
     from ray.exceptions import ActorDiedError
     from ray.serve.exceptions import RayServeException
 
-    from deployments.ingress import _is_replica_death, _status_of
+    from deployments.errors import api_error_of, is_replica_death
 
     try:
         try:
@@ -265,6 +265,6 @@ def test_a_dead_stage_behind_serve_wrappers_counts_as_a_replica_death():
         except ActorDiedError as died:
             raise RayServeException("an upstream actor died before finishing a dependent task") from died
     except RayServeException as wrapped:
-        assert _is_replica_death(wrapped)
-        assert _status_of(wrapped).status == 503
-    assert not _is_replica_death(RayServeException("queue full"))
+        assert is_replica_death(wrapped)
+        assert api_error_of(wrapped).status == 503
+    assert not is_replica_death(RayServeException("queue full"))

@@ -1,0 +1,49 @@
+"""The FastAPI application of an ingress replica: middleware, error handlers and routers.
+
+Where a new route goes: write ``deployments/routes_<topic>.py`` with an
+``router = APIRouter()`` whose routes take ``svc: ServicesDep`` (`deployments.services`)
+for the configuration, survey catalogue and render chain, then add it to ``ROUTERS``
+below. Errors: raise `deployments.errors.ApiError` (or let a core/upstream exception
+through the render chain); limits: `deployments.limits`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+import skyrender
+
+from . import health, hips_files, routes_hips2fits, routes_render
+from .errors import install_error_handlers
+from .limits import RequestLimits
+from .request_context import install_request_context
+from .services import Services
+
+__all__ = ["ROUTERS", "create_app"]
+
+#: Every router of the service, in the order FastAPI matches them (the catch-all
+#: ``/hips/{name}/{path}`` last).
+ROUTERS: tuple[APIRouter, ...] = (
+    routes_render.router,
+    routes_hips2fits.router,
+    health.router,
+    hips_files.router,
+)
+
+
+def create_app(services: Services | None = None) -> FastAPI:
+    """The app, serving with ``services`` (None: only the OpenAPI document is usable)."""
+    app = FastAPI(
+        title="skyrender",
+        version=skyrender.__version__,
+        description="Rendering tier of the VLASS sky portal: HiPS tiles to PNG/JPEG previews and snapshots.",
+    )
+    app.state.services = services
+    app.state.limits = services.config.limits if services is not None else None
+    # Starlette runs the middleware added last first: the request context sees every answer.
+    app.add_middleware(RequestLimits)
+    install_request_context(app)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

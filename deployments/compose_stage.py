@@ -1,0 +1,118 @@
+"""The compose stage: reprojects decoded tiles onto the output WCS (wgpu when an adapter
+exists, else numpy). The sky math is the core's (`skyrender.render.reproject`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from .config import AppConfig
+from .contracts import Composed, FetchedTiles, RenderSpec
+from .telemetry import metrics, observe_stage
+
+__all__ = ["Compose"]
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}, max_ongoing_requests=4)
+class Compose:
+    """Reprojects decoded tiles onto the output WCS: wgpu when an adapter exists, else numpy."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = AppConfig.model_validate(config)
+        self.backend, self._blender = _pick_backend(self.config.render.backend)
+        self.store_reads = 0
+        log.info("compose backend: %s", self.backend)
+        m = metrics()
+        if m is not None:
+            for name in ("wgpu", "numpy"):
+                m.compose_backend.set(1.0 if name == self.backend else 0.0, tags={"backend": name})
+
+    def _resolve(self, tiles: dict[int, Any]) -> dict[int, np.ndarray]:
+        """Read the tiles held as object-store references (from any node) in one batch."""
+        import ray
+
+        refs = {n: t for n, t in tiles.items() if isinstance(t, ray.ObjectRef)}
+        out = {n: t for n, t in tiles.items() if not isinstance(t, ray.ObjectRef)}
+        if refs:
+            try:
+                values = ray.get(list(refs.values()), timeout=self.config.upstream.request_deadline_s)
+            except Exception as exc:  # an object lost with its node: render without those tiles
+                log.warning("tiles lost from the object store (%s): rendering without them", exc)
+                values = [None] * len(refs)
+            for n, v in zip(refs, values, strict=True):
+                if v is not None:
+                    out[n] = v
+            self.store_reads += len(refs)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        info: dict[str, Any] = {
+            "backend": self.backend,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "tiles_read_from_object_store": self.store_reads,
+        }
+        if self._blender is not None:
+            info["adapter"] = self._blender.adapter_info
+        return info
+
+    def render(self, spec: RenderSpec, fetched: FetchedTiles) -> Composed:
+        """Render ``fetched`` tiles onto ``spec.geometry``."""
+        from skyrender.render import reproject
+        from skyrender.sampling import TileSet
+
+        start = time.perf_counter()
+        tiles = TileSet.from_tiles(spec.order, self._resolve(fetched.tiles), tile_width=spec.tile_width)
+        image = reproject(
+            spec.geometry,
+            tiles,
+            spec.survey_frame,
+            interpolation=spec.interpolation or self.config.render.interpolation,
+            num_threads=self.config.render.num_threads,
+            blender=self._blender.blend if self._blender is not None else None,
+        )
+        seconds = time.perf_counter() - start
+        observe_stage("compose", seconds)
+        m = metrics()
+        if m is not None:
+            m.compose_renders.inc(1, tags={"backend": self.backend})
+            m.compose_backend.set(1.0, tags={"backend": self.backend})
+        return Composed(
+            image=image,
+            backend=self.backend,
+            seconds=seconds,
+            tiles_used=len(fetched.tiles),
+            fetch_seconds=fetched.seconds,
+            tile_outcomes=dict(fetched.outcomes),
+        )
+
+
+def _pick_backend(wanted: str):
+    """("wgpu", blender) or ("numpy", None).
+
+    ``wgpu`` uses any adapter, a software one included (lavapipe: how CI runs the shader);
+    ``auto`` uses wgpu only on a hardware GPU, since a CPU-emulated adapter is slower than
+    the numpy path on the same cores.
+    """
+    if wanted in ("auto", "wgpu"):
+        try:
+            from skyrender.gpu import WgpuBlender
+
+            blender = WgpuBlender.create()
+        except Exception as exc:  # a broken driver must not stop the replica
+            log.warning("wgpu unavailable (%s): using numpy", exc)
+            blender = None
+        if blender is not None and (wanted == "wgpu" or blender.adapter_info["adapter_type"] != "CPU"):
+            return "wgpu", blender
+        if wanted == "wgpu":
+            log.warning("backend 'wgpu' requested but no adapter found: using numpy")
+        elif blender is not None:
+            log.info("wgpu adapter %s is CPU-emulated: using numpy", blender.adapter_info["device"])
+    return "numpy", None

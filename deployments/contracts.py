@@ -1,0 +1,170 @@
+"""What travels between the stages: typed, frozen and picklable.
+
+ingress ─RenderSpec, [TileRequest]→ fetch ─FetchedTiles→ compose ─Composed→ encode
+(with a DisplaySpec) ─EncodedImage→ ingress. Each stage's handle call takes and returns
+exactly these; nothing is passed as a dict or a tuple.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from skyrender.display import Cut
+from skyrender.geometry import OutputGeometry
+
+__all__ = [
+    "Composed",
+    "DisplaySpec",
+    "EncodedImage",
+    "FetchedTiles",
+    "RenderSpec",
+    "TileOutcome",
+    "TileRequest",
+]
+
+
+class TileOutcome(enum.StrEnum):
+    """How the fetch stage obtained (or failed to obtain) one tile."""
+
+    HIT = "hit"  # in the shared cache
+    COALESCED = "coalesced"  # another request was fetching it; we waited for that fetch
+    FETCHED = "fetched"  # fetched by us and published to the cache
+    NOCACHE = "nocache"  # fetched by us; the cache was unavailable
+    MISSING = "missing"  # the upstream has no such tile: the area is uncovered
+    BROKEN = "broken"  # undecodable or over the size limit: skipped
+
+    @property
+    def from_cache(self) -> bool:
+        return self in (TileOutcome.HIT, TileOutcome.COALESCED)
+
+    @property
+    def downloaded(self) -> bool:
+        return self in (TileOutcome.FETCHED, TileOutcome.NOCACHE)
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """One tile the fetch stage is asked for.
+
+    Attributes
+    ----------
+    npix : int
+        NESTED index at the render's order.
+    key : str
+        Cache key, ``<survey>/<order>/<npix>.<format>``.
+    location : str
+        Where to read it: an upstream URL, or a file of a local survey.
+    format : str
+        Tile format: fits | jpeg | png.
+    """
+
+    npix: int
+    key: str
+    location: str
+    format: str
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """What compose needs besides the tiles: the output geometry and the tiles' HEALPix layout.
+
+    Attributes
+    ----------
+    geometry : OutputGeometry
+        The output image (WCS, width and height [pixels]).
+    survey_frame : str
+        The survey's frame (icrs, galactic, ecliptic).
+    order : int
+        HEALPix order of the tiles.
+    tile_width : int
+        Tile side [pixels].
+    interpolation : str or None
+        nearest | bilinear; None: the configured default.
+    """
+
+    geometry: OutputGeometry
+    survey_frame: str
+    order: int
+    tile_width: int
+    interpolation: str | None = None
+
+
+@dataclass(frozen=True)
+class DisplaySpec:
+    """How encode turns the float image into bytes.
+
+    Attributes
+    ----------
+    format : str
+        png | jpeg | fits.
+    cmap, stretch : str
+        Matplotlib colormap name; one of `skyrender.display.STRETCHES`.
+    min_cut, max_cut : Cut or None
+        Parsed cuts (data units or percentiles); None: the default.
+    survey_cut : tuple of float or None
+        The survey's ``hips_pixel_cut`` [data units], used when no cut is given.
+    header : Any
+        The FITS header of the output (FITS only).
+    rgb : bool
+        Expand a palette image to RGB (hips2fits clients expect it).
+    """
+
+    format: str = "png"
+    cmap: str = "viridis"
+    stretch: str = "linear"
+    min_cut: Cut | None = None
+    max_cut: Cut | None = None
+    survey_cut: tuple[float, float] | None = None
+    header: Any = None
+    rgb: bool = False
+
+
+@dataclass(frozen=True)
+class FetchedTiles:
+    """What the fetch stage hands to compose.
+
+    ``tiles`` maps npix to the decoded tile, or to an ObjectRef into the object store
+    (cache hits: compose reads them from any node).
+    """
+
+    tiles: dict[int, Any] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    broken: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[TileOutcome, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count(self, *kinds: TileOutcome) -> int:
+        return sum(self.outcomes.get(k, 0) for k in kinds)
+
+
+@dataclass(frozen=True)
+class Composed:
+    """The compose stage's output: the float image and facts for logs and headers.
+
+    ``image`` is float32 (height, width) or (3, height, width), FITS row order.
+    """
+
+    image: np.ndarray
+    backend: str
+    seconds: float
+    tiles_used: int
+    fetch_seconds: float = 0.0
+    tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """The encode stage's output: the bytes, their media type, and where the time went [s]."""
+
+    body: bytes
+    media_type: str
+    encode_seconds: float
+    compose_seconds: float
+    fetch_seconds: float
+    backend: str
+    tiles_used: int
+    tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)

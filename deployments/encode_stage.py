@@ -1,0 +1,62 @@
+"""The encode stage: cuts, stretch, colormap and encoding (the core's `skyrender.display`
+and `skyrender.encode`); the only stage that makes bytes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import serve
+
+from .config import AppConfig
+from .contracts import Composed, DisplaySpec, EncodedImage
+from .telemetry import observe_stage
+
+__all__ = ["Encode"]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+class Encode:
+    """Cuts, stretch, colormap and encoding: the only stage that makes bytes."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = AppConfig.model_validate(config)
+
+    def encode(self, spec: DisplaySpec, composed: Composed) -> EncodedImage:
+        """Encode ``composed.image`` as ``spec`` says (png | jpeg | fits)."""
+        from skyrender.display import as_rgb, to_display
+        from skyrender.encode import encode_fits, encode_image
+
+        start = time.perf_counter()
+        if spec.format == "fits":
+            body, media_type = encode_fits(composed.image, spec.header), "application/fits"
+        else:
+            img = to_display(
+                composed.image,
+                min_cut=spec.min_cut,
+                max_cut=spec.max_cut,
+                stretch=spec.stretch,
+                cmap=spec.cmap,
+                survey_cut=spec.survey_cut,
+            )
+            if spec.rgb:  # hips2fits clients expect an RGB(A) array, not a palette
+                img = as_rgb(img)
+            render = self.config.render
+            opts = (
+                {"compress_level": render.png_compress_level}
+                if spec.format == "png"
+                else {"quality": render.jpeg_quality}
+            )
+            body, media_type = encode_image(img, spec.format, **opts)
+        seconds = time.perf_counter() - start
+        observe_stage("encode", seconds)
+        return EncodedImage(
+            body=body,
+            media_type=media_type,
+            encode_seconds=seconds,
+            compose_seconds=composed.seconds,
+            fetch_seconds=composed.fetch_seconds,
+            backend=composed.backend,
+            tiles_used=composed.tiles_used,
+            tile_outcomes=composed.tile_outcomes,
+        )

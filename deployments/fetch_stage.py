@@ -1,0 +1,168 @@
+"""The fetch stage: tiles from the shared object-store cache, the disk tier or upstream, decoded.
+
+A thin Ray Serve deployment over `deployments.upstream` (the root policy, retries,
+timeouts), `deployments.disk_cache` and `deployments.tile_cache`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from skyrender.decode import decode_tile
+from skyrender.errors import TileDecodeError
+
+from .config import AppConfig
+from .contracts import FetchedTiles, TileOutcome, TileRequest
+from .telemetry import metrics, observe_stage, observe_tile
+
+__all__ = ["TileFetch"]
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class TileFetch:
+    """Fetches tiles (through the shared object-store cache) and decodes them."""
+
+    def __init__(self, config: dict[str, Any]):
+        from .tile_cache import CacheClient
+        from .upstream import FetchConfig, RootPolicy, TileFetcher
+
+        self.config = AppConfig.model_validate(config)
+        up = self.config.upstream
+        self.fetcher = TileFetcher(
+            RootPolicy([s.url for s in self.config.surveys]),
+            FetchConfig(
+                connect_timeout_s=up.connect_timeout_s,
+                read_timeout_s=up.read_timeout_s,
+                retries=up.retries,
+                backoff_s=up.backoff_s,
+                per_host_limit=up.per_host_concurrency,
+                max_tile_bytes=self.config.limits.max_tile_bytes,
+                probe_cache_s=up.probe_cache_s,
+                deadline_s=up.request_deadline_s,
+            ),
+        )
+        self.disk = None
+        if self.config.cache.disk_enabled:
+            from .disk_cache import DiskTileCache
+
+            try:
+                self.disk = DiskTileCache(self.config.cache.disk_dir, self.config.cache.disk_max_bytes)
+            except OSError as exc:  # no scratch volume: run without the disk tier
+                log.warning("disk cache disabled: %s", exc)
+        cache = self.config.cache
+        self.cache = CacheClient(cache.name, max_bytes=cache.max_bytes) if cache.enabled else None
+        self._gauges_at = 0.0
+        self._evictions_seen = 0
+
+    async def _raw(self, location: str) -> bytes:
+        """Tile bytes: from the disk tier when there, else from upstream (then kept on disk)."""
+        remote = location.startswith(("http://", "https://"))
+        if remote and self.disk is not None:
+            self.fetcher.policy.check(location)  # the disk tier never bypasses the root policy
+            data = await asyncio.to_thread(self.disk.get, location)
+            if data is not None:
+                observe_tile(location, "disk")
+                return data
+        start = time.perf_counter()
+        data = await self.fetcher.fetch(location)
+        observe_tile(location, "downloaded", time.perf_counter() - start, len(data))
+        if remote and self.disk is not None:
+            await asyncio.to_thread(self.disk.put, location, data)
+        return data
+
+    async def _decoded(self, location: str, fmt: str) -> np.ndarray:
+        data = await self._raw(location)
+        # Decoding is CPU work: keep the event loop free for other fetches.
+        return await asyncio.to_thread(decode_tile, data, fmt, max_pixels=self.config.limits.max_tile_pixels)
+
+    async def _one(self, key: str, location: str, fmt: str) -> tuple[Any, TileOutcome]:
+        try:
+            if self.cache is None:
+                array, how = await self._decoded(location, fmt), "fetched"
+            else:
+                array, how = await self.cache.get_or_fetch(key, lambda: self._decoded(location, fmt))
+        except Exception as exc:
+            observe_tile(location, type(exc).__name__)
+            raise
+        outcome = TileOutcome(how)
+        observe_tile(location, outcome.value)
+        m = metrics()
+        if m is not None:
+            m.cache_events.inc(1, tags={"event": "hit" if outcome.from_cache else "miss"})
+        return array, outcome
+
+    async def get_tiles(self, requests: list[TileRequest]) -> FetchedTiles:
+        """Fetch the requested tiles concurrently.
+
+        Missing tiles (404) and undecodable ones are reported, not raised: the area is
+        rendered as uncovered. Upstream failures (unreachable, timeout, 5xx) raise.
+        """
+        from .upstream import NoUsableTiles, TileNotFound, TileTooLarge
+
+        start = time.perf_counter()
+        tiles: dict[int, Any] = {}
+        missing: list[str] = []
+        broken: dict[str, str] = {}
+        outcomes: dict[TileOutcome, int] = {}
+        results = await asyncio.gather(
+            *(self._one(r.key, r.location, r.format) for r in requests), return_exceptions=True
+        )
+        for req, res in zip(requests, results, strict=True):
+            if isinstance(res, TileNotFound):
+                missing.append(req.key)
+                outcome = TileOutcome.MISSING
+            elif isinstance(res, (TileDecodeError, TileTooLarge)):
+                log.warning("tile %s skipped: %s", req.key, res)
+                broken[req.key] = str(res)
+                outcome = TileOutcome.BROKEN
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                tiles[req.npix], outcome = res
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if broken and not tiles:
+            first = next(iter(broken.items()))
+            raise NoUsableTiles(f"no usable tile: {first[0]}: {first[1]}")
+        seconds = time.perf_counter() - start
+        observe_stage("fetch", seconds)
+        await self._publish_cache_gauges()
+        return FetchedTiles(tiles, tuple(missing), broken, outcomes, seconds)
+
+    async def _publish_cache_gauges(self) -> None:
+        """Copy the cache actor's byte and entry counts into gauges, at most once a second."""
+        m = metrics()
+        now = time.monotonic()
+        if m is None or self.cache is None or now - self._gauges_at < 1.0:
+            return
+        self._gauges_at = now
+        try:
+            stats = await asyncio.wait_for(self.cache.stats(), timeout=1.0)
+        except Exception:  # a dead cache actor only costs us the gauges
+            return
+        m.cache_bytes.set(float(stats.get("bytes_held", 0)))
+        m.cache_entries.set(float(stats.get("entries", 0)))
+        evictions = int(stats.get("evictions", 0))
+        if evictions > self._evictions_seen:
+            m.cache_events.inc(evictions - self._evictions_seen, tags={"event": "eviction"})
+        self._evictions_seen = evictions
+
+    async def probe(self, root: str) -> tuple[bool, str]:
+        """Is the survey root reachable (its ``properties``, cached a few seconds)?"""
+        return await self.fetcher.probe(root)
+
+    async def cache_stats(self) -> dict[str, Any]:
+        import ray
+
+        stats = await self.cache.stats() if self.cache is not None else {"enabled": False}
+        stats["fetch_node_id"] = ray.get_runtime_context().get_node_id()
+        if self.disk is not None:
+            stats["disk"] = await asyncio.to_thread(self.disk.stats)
+        return stats

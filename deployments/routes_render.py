@@ -1,0 +1,156 @@
+"""The portal's render contract: tiles → PNG, field → PNG/JPEG, tile manifest, WCS check."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from skyrender.compose import field_of_tiles, parse_tile_list
+from skyrender.display import parse_cut
+from skyrender.errors import SkyRenderError
+from skyrender.render import plan_render
+from skyrender.tiles import TileId
+
+from .contracts import DisplaySpec
+from .errors import ApiError
+from .limits import check_header_keys, check_size, check_tile_count, field_geometry
+from .models import (
+    ErrorBody,
+    ManifestRequest,
+    ManifestResponse,
+    ManifestTileModel,
+    PreviewRequest,
+    RenderTilesRequest,
+    SnapshotRequest,
+    WcsValidateRequest,
+    WcsValidateResponse,
+)
+from .services import Services, ServicesDep
+from .tile_urls import public_url, survey_of_url
+
+__all__ = ["IMAGE_RESPONSES", "router"]
+
+#: OpenAPI responses of every image endpoint.
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the rendered image; WCS in X-WCS"},
+    400: {"model": ErrorBody, "description": "invalid input"},
+    403: {"model": ErrorBody, "description": "tile URL outside the configured survey roots"},
+    404: {"model": ErrorBody, "description": "unknown survey"},
+    502: {"model": ErrorBody, "description": "upstream returned errors or unusable tiles"},
+    503: {"model": ErrorBody, "description": "upstream unavailable or service overloaded"},
+    504: {"model": ErrorBody, "description": "upstream too slow"},
+}
+
+router = APIRouter()
+
+
+async def _tiles_render(svc: Services, request: Request, body: RenderTilesRequest) -> Response:
+    limits = svc.config.limits
+    check_size(limits, body.width, body.height)
+    check_tile_count(limits, len(body.tiles))
+    cfgs = {cfg.name: cfg for cfg in (survey_of_url(svc.config, u) for u in body.tiles)}
+    if len(cfgs) > 1:
+        raise ApiError(400, "invalid request", f"tiles come from several surveys: {sorted(cfgs)}")
+    cfg = next(iter(cfgs.values()))
+    try:
+        tiles = parse_tile_list(body.tiles)
+    except SkyRenderError as exc:
+        raise ApiError(400, "invalid tile URL", str(exc)) from None
+    survey = await svc.catalogue.survey(cfg)
+    try:
+        geom = field_of_tiles(tiles, body.width, body.height, survey.frame)
+    except SkyRenderError as exc:
+        raise ApiError(400, "invalid geometry", str(exc)) from None
+    display = DisplaySpec(
+        format="png",
+        cmap=body.colormap,
+        stretch=body.scale,
+        min_cut=parse_cut(body.minCut),
+        max_cut=parse_cut(body.maxCut),
+    )
+    unique: dict[int, TileId] = {}
+    for t in tiles:
+        unique.setdefault(t.npix, t)
+    return await svc.chain.render(request, cfg, survey, geom, tiles[0].order, list(unique.values()), display)
+
+
+@router.post("/render/preview", response_class=Response, responses=IMAGE_RESPONSES)
+async def render_preview(svc: ServicesDep, request: Request, body: RenderTilesRequest) -> Response:
+    """Render the given tiles (all of one survey and order) into a PNG."""
+    return await _tiles_render(svc, request, body)
+
+
+@router.post("/render/snapshot", response_class=Response, responses=IMAGE_RESPONSES)
+async def render_snapshot(svc: ServicesDep, request: Request, body: SnapshotRequest) -> Response:
+    """Render the given tiles into a PNG snapshot (default 512x512) for the job runner."""
+    return await _tiles_render(svc, request, body)
+
+
+@router.post(
+    "/v1/tile-manifest",
+    response_model=ManifestResponse,
+    responses={k: v for k, v in IMAGE_RESPONSES.items() if k != 200},
+)
+async def tile_manifest(svc: ServicesDep, request: Request, body: ManifestRequest) -> ManifestResponse:
+    """The tiles of a survey that cover a field, at the order a render would use."""
+    cfg = svc.catalogue.config_for(body.survey, body.epoch)
+    survey = await svc.catalogue.survey(cfg)
+    geom = field_geometry(
+        svc.config.limits, body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection
+    )
+    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    tiles = [
+        ManifestTileModel(
+            id=t.id,
+            url=public_url(request, cfg, TileId(t.order, t.npix, survey.data_format)),
+            healpixNside=t.nside,
+            order=t.order,
+            npix=t.npix,
+        )
+        for t in plan.tiles
+    ]
+    return ManifestResponse(
+        survey=cfg.name,
+        epoch=cfg.epoch,
+        order=plan.order,
+        tileWidth=survey.tile_width,
+        frame=survey.frame,
+        tiles=tiles,
+    )
+
+
+@router.post("/v1/preview", response_class=Response, responses=IMAGE_RESPONSES)
+async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> Response:
+    """Render a field of a configured survey as PNG or JPEG, with its WCS in ``X-WCS``."""
+    cfg = svc.catalogue.config_for(body.survey, body.epoch)
+    survey = await svc.catalogue.survey(cfg)
+    geom = field_geometry(
+        svc.config.limits,
+        body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection, body.rotation,
+    )  # fmt: skip
+    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
+    display = DisplaySpec(
+        format=body.format,
+        cmap=body.colormap,
+        stretch=body.scale,
+        min_cut=parse_cut(body.minCut),
+        max_cut=parse_cut(body.maxCut),
+    )
+    return await svc.chain.render(request, cfg, survey, geom, plan.order, tiles, display)
+
+
+@router.post("/v1/wcs-validate", response_model=WcsValidateResponse, responses={400: {"model": ErrorBody}})
+async def wcs_validate(svc: ServicesDep, body: WcsValidateRequest) -> WcsValidateResponse:
+    """Check a FITS header's WCS; describe what it maps to (400 with wcslib's reason if invalid)."""
+    from skyrender.wcsinfo import describe_header
+
+    check_header_keys(svc.config.limits, len(body.fitsHeader))
+    try:
+        desc = describe_header(body.fitsHeader)
+    except SkyRenderError as exc:
+        raise ApiError(400, "invalid WCS", str(exc)) from None
+    return WcsValidateResponse(valid=True, reprojected=desc.to_dict())

@@ -1,0 +1,44 @@
+"""What the routes work with: one `Services` per ingress replica, on ``app.state.services``.
+
+A route asks for it with a parameter annotated `ServicesDep`; nothing here knows HTTP
+routes, so any route module can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from ray.serve.handle import DeploymentHandle
+
+from .catalogue import SurveyCatalogue
+from .config import AppConfig
+from .render_chain import RenderChain
+
+__all__ = ["Services", "ServicesDep", "services"]
+
+
+@dataclass(frozen=True)
+class Services:
+    """The ingress replica's configuration, survey catalogue, render chain and stage handles.
+
+    ``started`` is the replica's start time [s since the epoch].
+    """
+
+    config: AppConfig
+    catalogue: SurveyCatalogue
+    chain: RenderChain
+    fetch: DeploymentHandle
+    compose: DeploymentHandle
+    encode: DeploymentHandle
+    started: float
+
+
+def services(request: Request) -> Services:
+    """The `Services` of the app serving ``request`` (a FastAPI dependency)."""
+    return request.app.state.services
+
+
+#: Route parameter type: ``async def route(svc: ServicesDep, ...)``.
+ServicesDep = Annotated[Services, Depends(services)]
