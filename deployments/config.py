@@ -75,6 +75,10 @@ class CacheConfig(BaseModel):
     enabled: bool = True
     name: str = "skyrender-tile-cache"
     max_bytes: int = 512 * 1024 * 1024
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources the cache actor asks for (pins it to a worker group on k8s)",
+    )
     disk_enabled: bool = True
     disk_dir: str = Field(
         "${SKYRENDER_CACHE_DIR:-/tmp/skyrender-cache}", description="scratch volume for tile bytes"

@@ -124,8 +124,12 @@ class CacheClient:
         call_timeout_s: float = 5.0,
         wait_timeout_s: float = 30.0,
         retry_after_s: float = 2.0,
+        resources: dict[str, float] | None = None,
     ):
         self.name, self.namespace, self.max_bytes = name, namespace, max_bytes
+        # Custom resources pin the actor (and so the objects it owns) to one worker group; a
+        # restart after its node is lost asks for the same ones.
+        self.resources = dict(resources or {})
         self.call_timeout_s, self.wait_timeout_s, self.retry_after_s = (
             call_timeout_s,
             wait_timeout_s,
@@ -140,7 +144,11 @@ class CacheClient:
                 raise CacheUnavailable("cache actor recently unreachable")
             try:
                 self._actor = TileCache.options(
-                    name=self.name, namespace=self.namespace, get_if_exists=True, lifetime="detached"
+                    name=self.name,
+                    namespace=self.namespace,
+                    get_if_exists=True,
+                    lifetime="detached",
+                    resources=self.resources,
                 ).remote(self.max_bytes)
             except Exception as exc:
                 self._down_until = time.monotonic() + self.retry_after_s

@@ -133,6 +133,16 @@ def render() -> str:
     return HEADER + yaml.dump(service, Dumper=_BlockDumper, sort_keys=False, width=110)
 
 
+def budget_problems(text: str) -> list[str]:
+    """Groups whose scratch volume or object store the generated manifest overflows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import k8s_budget
+    finally:
+        sys.path.pop(0)
+    return [p for b in k8s_budget.budgets(yaml.safe_load(text)) for p in b.problems]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if k8s/rayservice.yaml is stale")
@@ -141,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         text = render()
     except (OverrideError, ValueError) as exc:
         print(f"gen_k8s: {exc}", file=sys.stderr)
+        return 2
+    problems = budget_problems(text)
+    if problems:
+        # Past a sizeLimit the kubelet evicts the pod; refuse to write such a manifest.
+        print(
+            "gen_k8s: budgets overflow (python scripts/k8s_budget.py shows the arithmetic):", file=sys.stderr
+        )
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
         return 2
     if args.check:
         current = TARGET.read_text() if TARGET.is_file() else ""
