@@ -58,7 +58,11 @@ class TileFetch:
             except OSError as exc:  # no scratch volume: run without the disk tier
                 log.warning("disk cache disabled: %s", exc)
         cache = self.config.cache
-        self.cache = CacheClient(cache.name, max_bytes=cache.max_bytes) if cache.enabled else None
+        self.cache = (
+            CacheClient(cache.name, max_bytes=cache.max_bytes, resources=cache.actor_resources)
+            if cache.enabled
+            else None
+        )
         self._gauges_at = 0.0
         self._evictions_seen = 0
 
