@@ -20,6 +20,11 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .errors import GeometryError, InvalidWCSError
 from .frames import frame_of_wcs, normalize_frame
+from .wcserrors import explain_wcs_error
+
+#: Smallest output pixel [deg] (3.6 micro-arcsec): far below any survey's resolution, and
+#: far above where wcslib's matrix inversion fails (a pixel that underflows to 0 is singular).
+MIN_PIXEL_SCALE_DEG = 1e-9
 
 #: Default limits; the service passes its own from configuration.
 DEFAULT_MAX_SIDE = 8192
@@ -30,6 +35,13 @@ WCSLIB_PROJECTIONS = (
     "AZP SZP TAN STG SIN ARC ZPN ZEA AIR CYP CEA CAR MER SFL PAR MOL AIT COP COE COD COO "
     "BON PCO TSC CSC QSC HPX XPH"
 ).split()
+
+#: Projections that need parameters (PVi_m) a field description cannot give: only a full
+#: FITS header can use them.
+PARAMETRIC_PROJECTIONS = ("ZPN", "COP", "COE", "COD", "COO", "BON")
+
+#: Projections a field (centre, fov, size) can be rendered in.
+FIELD_PROJECTIONS = tuple(p for p in WCSLIB_PROJECTIONS if p not in PARAMETRIC_PROJECTIONS)
 
 _CTYPES = {
     "icrs": ("RA--", "DEC-"),
@@ -116,12 +128,14 @@ def _check_size(width: Any, height: Any, max_side: int, max_pixels: int) -> tupl
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             if not (isinstance(value, float) and value.is_integer()):
-                raise GeometryError(f"{name} must be a whole number of pixels, got {value!r}")
+                raise GeometryError(f"{name} must be a whole number of pixels, got {value!r}", field=name)
         if not 1 <= int(value) <= max_side:
-            raise GeometryError(f"{name} must be between 1 and {max_side} pixels, got {value!r}")
+            raise GeometryError(f"{name} must be between 1 and {max_side} pixels, got {value!r}", field=name)
     width, height = int(width), int(height)
     if width * height > max_pixels:
-        raise GeometryError(f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
+        raise GeometryError(
+            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}", field="width"
+        )
     return width, height
 
 
@@ -129,9 +143,9 @@ def _finite(name: str, value: Any) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise GeometryError(f"{name} must be a number, got {value!r}") from None
+        raise GeometryError(f"{name} must be a number, got {value!r}", field=name) from None
     if not math.isfinite(v):
-        raise GeometryError(f"{name} must be finite, got {value!r}")
+        raise GeometryError(f"{name} must be finite, got {value!r}", field=name)
     return v
 
 
@@ -176,18 +190,32 @@ def make_geometry(
     fov_deg = _finite("fov", fov_deg)
     rotation_deg = _finite("rotation", rotation_deg)
     if not -90.0 <= dec <= 90.0:
-        raise GeometryError(f"dec must be within [-90, 90] degrees, got {dec}")
+        raise GeometryError(f"dec must be within [-90, 90] degrees, got {dec}", field="dec")
     if not 0.0 < fov_deg <= 360.0:
-        raise GeometryError(f"fov must be within (0, 360] degrees, got {fov_deg}")
+        raise GeometryError(f"fov must be within (0, 360] degrees, got {fov_deg}", field="fov")
     width, height = _check_size(width, height, max_side, max_pixels)
     code = str(projection).strip().upper()
+    if code in PARAMETRIC_PROJECTIONS:
+        raise GeometryError(
+            f"projection {code} needs parameters (PV2_1...) a field cannot give; use a full WCS header, "
+            "or one of " + ", ".join(FIELD_PROJECTIONS),
+            field="projection",
+        )
     if code not in WCSLIB_PROJECTIONS:
         raise GeometryError(
-            f"unknown projection {projection!r}; expected a wcslib code such as TAN, SIN, AIT"
+            f"unknown projection {projection!r}; expected a wcslib code such as TAN, SIN, AIT",
+            field="projection",
         )
     frame = normalize_frame(frame)
     lon_prefix, lat_prefix = _CTYPES[frame]
     scale = fov_deg / max(width, height)
+    if not scale >= MIN_PIXEL_SCALE_DEG:
+        # wcslib would call the matrix singular; say what the caller can change.
+        raise GeometryError(
+            f"fov {fov_deg:g} deg over {max(width, height)} pixels gives {scale:g} deg pixels, below the "
+            f"smallest usable pixel of {MIN_PIXEL_SCALE_DEG:g} deg: widen the field",
+            field="fov",
+        )
     w = WCS(naxis=2)
     w.wcs.ctype = [f"{lon_prefix}-{code}", f"{lat_prefix}-{code}"]
     w.wcs.crval = [ra % 360.0, dec]
@@ -211,7 +239,14 @@ def _set_or_raise(w: WCS) -> None:
     try:
         w.wcs.set()
     except Exception as exc:  # wcslib raises several private types
-        raise GeometryError(f"invalid WCS: {exc}") from None
+        problem = explain_wcs_error(exc, w.wcs.ctype[0][5:8].strip("-").upper())
+        # A field's keywords come from its parameters: name the parameter, not the keyword.
+        param = {"CDELT1": "fov", "CRVAL2": "dec", "LATPOLE": "dec", "PV2_1": "projection"}.get(
+            problem.field or "", problem.field
+        )
+        raise GeometryError(
+            f"this field has no valid WCS: {problem.message}", field=param, reason=problem.reason
+        ) from None
 
 
 def geometry_from_header(

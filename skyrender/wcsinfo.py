@@ -26,6 +26,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .errors import InvalidWCSError
+from .wcserrors import explain_wcs_error, library_reason
 
 #: Largest accepted NAXIS1/NAXIS2 [pixels]: a sanity bound for descriptions (renders
 #: apply their own, much smaller, limits).
@@ -47,20 +48,20 @@ _FRAME_NAMES = {"icrs": "icrs", "fk5": "fk5", "fk4": "fk4", "fk4noeterms": "fk4"
 
 def _number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str, np.integer, np.floating)):
-        raise InvalidWCSError(f"{key} must be a number, got {value!r}")
+        raise InvalidWCSError(f"{key} must be a number, got {value!r}", field=key)
     try:
         number = float(value)
     except ValueError:
-        raise InvalidWCSError(f"{key} must be a number, got {value!r}") from None
+        raise InvalidWCSError(f"{key} must be a number, got {value!r}", field=key) from None
     if not math.isfinite(number):
-        raise InvalidWCSError(f"{key} must be finite, got {value!r}")
+        raise InvalidWCSError(f"{key} must be finite, got {value!r}", field=key)
     return number
 
 
 def _integer(key: str, value: Any) -> int:
     number = _number(key, value)
     if not number.is_integer():
-        raise InvalidWCSError(f"{key} must be a whole number, got {value!r}")
+        raise InvalidWCSError(f"{key} must be a whole number, got {value!r}", field=key)
     return int(number)
 
 
@@ -74,13 +75,15 @@ def _clean_value(key: str, value: Any) -> Any:
         number = _number(key, value)
         return int(number) if isinstance(value, int) else number
     if _STRING.match(key) and not isinstance(value, str):
-        raise InvalidWCSError(f"{key} must be a string, got {value!r}")
+        raise InvalidWCSError(f"{key} must be a string, got {value!r}", field=key)
     if value is None or isinstance(value, fits.card.Undefined):
-        raise InvalidWCSError(f"{key} has no value")
+        raise InvalidWCSError(f"{key} has no value", field=key)
     if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidWCSError(f"{key} must be finite, got {value!r}")
+        raise InvalidWCSError(f"{key} must be finite, got {value!r}", field=key)
     if not isinstance(value, (str, bool, int, float)):
-        raise InvalidWCSError(f"{key} must be a string, number or boolean, got {type(value).__name__}")
+        raise InvalidWCSError(
+            f"{key} must be a string, number or boolean, got {type(value).__name__}", field=key
+        )
     return value
 
 
@@ -113,32 +116,34 @@ def normalize_header(header: Mapping[str, Any] | fits.Header) -> fits.Header:
                     lines = value if isinstance(value, (list, tuple)) else [value]
                     for line in lines:
                         if not isinstance(line, str):
-                            raise InvalidWCSError(f"{key} must be text, got {type(line).__name__}")
+                            raise InvalidWCSError(f"{key} must be text, got {type(line).__name__}", field=key)
                         out.append((key, line))
                     continue
                 out[key] = _clean_value(key, value)
             except InvalidWCSError:
                 raise
             except Exception as exc:  # astropy refuses the key or value (non-ASCII, too long, ...)
-                raise InvalidWCSError(f"keyword {key!r}: {exc}") from None
+                raise InvalidWCSError(
+                    f"keyword {key!r} cannot be written in a FITS header: {exc}", field=key
+                ) from None
     return out
 
 
-def _wcslib_reason(exc: Exception) -> str:
-    """wcslib's message without its 'ERROR n in f() at line l of file x.c:' lines."""
-    lines = [ln.strip() for ln in str(exc).splitlines()]
-    reasons = [ln for ln in lines if ln and not re.match(r"^ERROR \d+ in \w+\(\)", ln)]
-    return " ".join(dict.fromkeys(reasons)) or type(exc).__name__
+def _projection_code(header: fits.Header) -> str | None:
+    ctype = header.get("CTYPE1")
+    if not isinstance(ctype, str) or len(ctype) < 8:
+        return None
+    return ctype[5:8].strip("-").upper() or None
 
 
 def _image_size(header: fits.Header, max_side: int) -> tuple[int, int]:
     sizes = []
     for key in ("NAXIS1", "NAXIS2"):
         if key not in header:
-            raise InvalidWCSError(f"{key} (image size) is missing")
+            raise InvalidWCSError(f"{key} (image size) is missing", field=key)
         value = header[key]
         if not 1 <= value <= max_side:
-            raise InvalidWCSError(f"{key} must be between 1 and {max_side} pixels, got {value}")
+            raise InvalidWCSError(f"{key} must be between 1 and {max_side} pixels, got {value}", field=key)
         sizes.append(int(value))
     return sizes[0], sizes[1]
 
@@ -151,9 +156,9 @@ def _check_scales(header: fits.Header) -> None:
     for i in (1, 2):
         key = f"CDELT{i}"
         if key not in header:
-            raise InvalidWCSError(f"no pixel scale: {key} (or a CD matrix) is missing")
+            raise InvalidWCSError(f"no pixel scale: {key} (or a CD matrix) is missing", field=key)
         if header[key] == 0:
-            raise InvalidWCSError(f"{key} is zero")
+            raise InvalidWCSError(f"{key} is zero: the pixel scale must be non-zero [deg]", field=key)
 
 
 def wcs_from_header(
@@ -194,20 +199,26 @@ def wcs_from_header(
         except Exception as exc:  # wcslib raises a family of private exception types
             error = exc
     if error is not None:
-        reason = _wcslib_reason(error)
+        problem = explain_wcs_error(error, _projection_code(hdr))
+        reason = problem.reason
         notes = [str(w.message).strip() for w in caught if issubclass(w.category, FITSFixedWarning)]
         if notes:
             reason += f" (astropy: {'; '.join(notes)})"
-        raise InvalidWCSError(f"invalid WCS: {reason}")
+        raise InvalidWCSError(problem.message, field=problem.field, reason=reason)
     if not wcs.has_celestial or wcs.wcs.lng < 0 or wcs.wcs.lat < 0:
         raise InvalidWCSError(
             "no celestial axes: CTYPE1/CTYPE2 must be a longitude/latitude pair such as "
-            f"RA---TAN/DEC--TAN, got {list(wcs.wcs.ctype)!r}"
+            f"RA---TAN/DEC--TAN, got {list(wcs.wcs.ctype)!r}",
+            field="CTYPE1",
         )
     matrix = wcs.pixel_scale_matrix
     det = float(np.linalg.det(matrix)) if np.all(np.isfinite(matrix)) else math.nan
     if not math.isfinite(det) or abs(det) <= 1e-12 * float(np.abs(matrix).max()) ** 2:
-        raise InvalidWCSError("the pixel-to-sky matrix (CD or PC×CDELT) is singular")
+        raise InvalidWCSError(
+            "the pixel-to-sky matrix (CD, or PC with CDELT) is singular: a scale is zero or the axes "
+            "are parallel",
+            field="CDELT1",
+        )
     return wcs, width, height
 
 
@@ -274,7 +285,9 @@ def _frame_name(wcs: WCS) -> tuple[str, Any]:
     try:
         frame = wcs_to_celestial_frame(wcs)
     except Exception as exc:
-        raise InvalidWCSError(f"cannot tell the celestial frame (RADESYS/CTYPE): {exc}") from None
+        raise InvalidWCSError(
+            "cannot tell the celestial frame from RADESYS/CTYPE1", field="RADESYS", reason=library_reason(exc)
+        ) from None
     name = frame.name.lower()
     if "ecliptic" in name:
         return "ecliptic", frame
@@ -363,10 +376,18 @@ def describe_header(
         cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
         (lon,), (lat,) = _pix2lonlat(wcs, np.array([cx]), np.array([cy]))
         if not (math.isfinite(lon) and math.isfinite(lat)):
-            raise InvalidWCSError("the image centre has no sky position in this projection")
+            raise InvalidWCSError(
+                "the image centre has no sky position in this projection: CRPIX1/CRPIX2 put it outside "
+                "the projection's valid region",
+                field="CRPIX1",
+            )
         center = _world_pairs(wcs, frame, [cx], [cy])[0]
         if center is None:
-            raise InvalidWCSError("the image centre has no sky position in this projection")
+            raise InvalidWCSError(
+                "the image centre has no sky position in this projection: CRPIX1/CRPIX2 put it outside "
+                "the projection's valid region",
+                field="CRPIX1",
+            )
         x0, x1, y0, y1 = -0.5, width - 0.5, -0.5, height - 0.5
         corners = _world_pairs(wcs, frame, [x0, x1, x1, x0], [y0, y0, y1, y1])
         scale_x, scale_y = (float(s) for s in proj_plane_pixel_scales(wcs))
@@ -375,7 +396,8 @@ def describe_header(
     except InvalidWCSError:
         raise
     except Exception as exc:  # numerical trouble inside wcslib/astropy for an odd header
-        raise InvalidWCSError(f"cannot evaluate this WCS: {_wcslib_reason(exc)}") from None
+        problem = explain_wcs_error(exc, wcs.wcs.ctype[wcs.wcs.lng][5:8].strip("-").upper())
+        raise InvalidWCSError(problem.message, field=problem.field, reason=problem.reason) from None
     if not math.isfinite(rotation):
         raise InvalidWCSError("cannot find north at the image centre")
     return WcsDescription(
