@@ -1,6 +1,12 @@
-"""Schemathesis against the served OpenAPI document: no input gives a 5xx."""
+"""Schemathesis against the served OpenAPI document: no input gives a 5xx, and the service
+does what the document says (``st run --checks all``: the conformance test CI runs)."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -10,6 +16,10 @@ from .loopback import StaticHips
 from .serve_harness import ServeApp
 
 EXAMPLES_PER_OPERATION = 25
+
+#: The conformance run: every check, every phase, every operation, a fixed seed.
+CONFORMANCE_SEED = 1
+CONFORMANCE_EXAMPLES = 40
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +74,34 @@ def test_no_server_errors_on_any_operation(app):
         run()
     assert calls >= 5 * len(operations)
     assert not failures, "\n".join(failures[:10])
+
+
+def run_schemathesis(url: str, report: Path, *extra: str) -> dict:
+    """``st run --checks all`` over the served document; returns its JSON report."""
+    st = Path(sys.executable).with_name("st")
+    command = [
+        str(st), "run", f"{url}/openapi.json", "--checks", "all",
+        "--seed", str(CONFORMANCE_SEED), "--max-examples", str(CONFORMANCE_EXAMPLES),
+        "--workers", "2", "--request-timeout", "60", "--continue-on-failure",
+        "--report", "json", "--report-json-path", str(report), *extra,
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if not report.is_file():
+        raise AssertionError(f"schemathesis did not run: {run.stdout[-3000:]}{run.stderr[-3000:]}")
+    result = json.loads(report.read_text())
+    result["output"] = run.stdout
+    return result
+
+
+def test_the_document_and_the_service_agree(app, tmp_path):
+    """Every check (status codes, content types, response schemas and headers, schema-valid requests
+    accepted, invalid ones refused, Allow headers, unsupported methods) over every operation."""
+    result = run_schemathesis(app.url, tmp_path / "report.json")
+    operations, cases = result["operations"], result["test_cases"]
+    assert operations["selected"] == operations["total"] == operations["tested"]  # nothing excluded
+    assert operations["errored"] == 0 and cases["errored"] == 0, result["output"][-6000:]
+    assert cases["generated"] >= 10 * operations["total"]
+    summary = "\n".join(
+        f"{f['code']} {f['title']}: {f['count']} {f['operations']}" for f in result["failures"]
+    )
+    assert cases["with_failures"] == 0, f"{summary}\n{result['output'][-8000:]}"
