@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 
 import skyrender
 
-from . import health, hips_files, routes_hips2fits, routes_render
+from . import health, hips_files, routes_hips2fits, routes_layers, routes_render
 from .errors import install_error_handlers
 from .limits import RequestLimits
 from .request_context import install_request_context
@@ -25,6 +25,7 @@ __all__ = ["ROUTERS", "create_app"]
 #: ``/hips/{name}/{path}`` last).
 ROUTERS: tuple[APIRouter, ...] = (
     routes_render.router,
+    routes_layers.router,
     routes_hips2fits.router,
     health.router,
     hips_files.router,

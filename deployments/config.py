@@ -51,6 +51,7 @@ class LimitsConfig(BaseModel):
     max_header_keys: int = 500
     max_body_bytes: int = 1024 * 1024
     max_request_headers: int = 100
+    max_layers: int = Field(4, ge=1, description="layers one multi-layer request may render")
 
 
 class UpstreamConfig(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 from ray import serve
 
 from .config import AppConfig
-from .contracts import Composed, DisplaySpec, EncodedImage
+from .contracts import Composed, DisplaySpec, EncodedImage, TileOutcome
 from .telemetry import observe_stage
 
 __all__ = ["Encode"]
@@ -59,4 +59,37 @@ class Encode:
             backend=composed.backend,
             tiles_used=composed.tiles_used,
             tile_outcomes=composed.tile_outcomes,
+        )
+
+    def combine(self, spec: Any, *composed: Composed) -> EncodedImage:
+        """Combine several layers' renders (one `Composed` each) as ``spec`` says.
+
+        ``spec`` is one of `skyrender.layers`' specs (composite, difference, blink,
+        stats); the layers' composes ran side by side, so the fetch and compose times
+        reported are the slowest layer's.
+        """
+        from skyrender.layers import PictureOptions, combine
+
+        start = time.perf_counter()
+        render = self.config.render
+        out = combine(
+            spec,
+            [c.image for c in composed],
+            PictureOptions(png_compress_level=render.png_compress_level, jpeg_quality=render.jpeg_quality),
+        )
+        seconds = time.perf_counter() - start
+        observe_stage("encode", seconds)
+        outcomes: dict[TileOutcome, int] = {}
+        for c in composed:
+            for kind, count in c.tile_outcomes.items():
+                outcomes[kind] = outcomes.get(kind, 0) + count
+        return EncodedImage(
+            body=out.body,
+            media_type=out.media_type,
+            encode_seconds=seconds,
+            compose_seconds=max(c.seconds for c in composed),
+            fetch_seconds=max(c.fetch_seconds for c in composed),
+            backend=composed[0].backend,
+            tiles_used=sum(c.tiles_used for c in composed),
+            tile_outcomes=outcomes,
         )

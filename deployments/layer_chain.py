@@ -1,0 +1,182 @@
+"""Several layers through the stages: each fetched and composed in parallel, combined in encode.
+
+Every layer goes through the same fetch and compose deployments (and the same tile
+cache) as a single render; the compose responses are handed straight to the encode
+stage's ``combine``, so the float renders travel between stages as Ray objects and only
+the answer's bytes come back to the ingress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from skyrender.geometry import OutputGeometry
+from skyrender.layers import Spec
+from skyrender.properties import HipsSurvey
+from skyrender.render import plan_render
+from skyrender.tiles import TileId
+
+from .config import AppConfig, SurveyConfig
+from .contracts import EncodedImage, RenderSpec, TileOutcome, TileRequest
+from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
+from .limits import check_tile_count
+from .services import Services
+from .tile_urls import tile_location
+
+__all__ = ["PlannedLayer", "check_layer_count", "plan_layer", "run_layers", "survey_epochs"]
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer ready for the stages: its survey, its tiles and what compose needs."""
+
+    label: str
+    cfg: SurveyConfig
+    survey: HipsSurvey
+    requests: tuple[TileRequest, ...]
+    spec: RenderSpec
+
+
+def layer_label(name: str, epoch: str | None) -> str:
+    """How errors and logs name a layer: ``survey`` or ``survey@epoch``."""
+    return name if epoch is None else f"{name}@{epoch}"
+
+
+def check_layer_count(config: AppConfig, count: int) -> None:
+    """400 past ``limits.max_layers``."""
+    limit = config.limits.max_layers
+    if count > limit:
+        raise ApiError(400, "too many layers", f"{count} layers; the limit is {limit}")
+
+
+def _natural_key(epoch: str) -> list:
+    # VLASS epochs sort as versions: "1.2" < "2.1" < "10.1".
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", epoch) if p]
+
+
+def survey_epochs(config: AppConfig, name: str) -> list[str]:
+    """The epochs configured for the survey called ``name`` (or its alias), earliest first.
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown survey, 400 for a survey without epochs.
+    """
+    matches = [s for s in config.surveys if name == s.name or name in s.aliases]
+    if not matches:
+        known = sorted({s.name for s in config.surveys} | {a for s in config.surveys for a in s.aliases})
+        raise ApiError(404, "unknown survey", f"no survey {name!r}; configured: {known}")
+    epochs = sorted({s.epoch for s in matches if s.epoch is not None}, key=_natural_key)
+    if not epochs:
+        raise ApiError(400, "no epochs", f"survey {name!r} has no epochs configured")
+    return epochs
+
+
+async def plan_layer(svc: Services, geom: OutputGeometry, name: str, epoch: str | None) -> PlannedLayer:
+    """Plan one layer on ``geom``: 404 for an unknown survey or epoch, 400 outside its coverage."""
+    cfg = svc.catalogue.config_for(name, epoch)
+    survey = await svc.catalogue.survey(cfg)
+    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    label = layer_label(name, epoch)
+    if not plan.tiles:
+        raise ApiError(400, "outside coverage", f"layer {label}: the field is outside the survey's coverage")
+    check_tile_count(svc.config.limits, len(plan.tiles))
+    fmt = survey.data_format
+    requests = tuple(
+        TileRequest(
+            t.npix,
+            f"{cfg.name}/{t.order}/{t.npix}.{fmt}",
+            tile_location(cfg, TileId(t.order, t.npix, fmt)),
+            fmt,
+        )
+        for t in plan.tiles
+    )
+    spec = RenderSpec(
+        geometry=geom, survey_frame=survey.frame, order=plan.order, tile_width=survey.tile_width
+    )
+    return PlannedLayer(label=label, cfg=cfg, survey=survey, requests=requests, spec=spec)
+
+
+async def _chain(svc: Services, layers: list[PlannedLayer], spec: Spec) -> EncodedImage:
+    """Every layer's fetch → compose, then one combine; once more if a replica died."""
+    for attempt in (1, 2):
+        composed = [
+            svc.compose.render.remote(layer.spec, svc.fetch.get_tiles.remote(list(layer.requests)))
+            for layer in layers
+        ]
+        try:
+            # Responses passed as arguments are resolved by Serve, so the renders go
+            # compose → encode directly.
+            return await svc.encode.combine.remote(spec, *composed)
+        except Exception as exc:
+            if attempt == 2 or not is_replica_death(exc):
+                raise
+            log.warning("a replica died during a layered render; retrying once: %s", message_of(unwrap(exc)))
+    raise AssertionError("unreachable")
+
+
+async def run_layers(
+    svc: Services, request: Request, geom: OutputGeometry, layers: list[PlannedLayer], spec: Spec
+) -> Response:
+    """Render ``layers`` on ``geom`` and combine them per ``spec``; the HTTP answer."""
+    state = request.state.render
+    state.update(
+        survey=",".join(layer.label for layer in layers),
+        layers=len(layers),
+        tiles_requested=sum(len(layer.requests) for layer in layers),
+        width=geom.width,
+        height=geom.height,
+    )
+    deadline = svc.config.upstream.request_deadline_s + 1.0
+    start = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(_chain(svc, layers, spec), timeout=deadline)
+    except TimeoutError:
+        state["outcome"] = "timeout"
+        raise ApiError(504, "upstream timeout", f"render did not finish within {deadline:.1f} s") from None
+    except ApiError:
+        raise
+    except Exception as exc:
+        error = api_error_of(exc)
+        state.update(outcome=error.error, cause=str(error.detail))
+        raise error from None
+    outcomes = result.tile_outcomes
+    state.update(
+        outcome="ok",
+        backend=result.backend,
+        tiles_used=result.tiles_used,
+        tiles_fetched=sum(n for k, n in outcomes.items() if k.downloaded),
+        tiles_from_cache=sum(n for k, n in outcomes.items() if k.from_cache),
+        tiles_missing=outcomes.get(TileOutcome.MISSING, 0),
+        fetch_ms=round(result.fetch_seconds * 1e3, 2),
+        compose_ms=round(result.compose_seconds * 1e3, 2),
+        encode_ms=round(result.encode_seconds * 1e3, 2),
+    )
+    headers = {
+        "X-WCS": json.dumps(geom.wcs_keywords(), separators=(",", ":")),
+        "X-Compose-Backend": result.backend,
+        "X-Tiles-Used": str(result.tiles_used),
+        "X-Layers": ",".join(layer.label for layer in layers),
+        "Cache-Control": "public, max-age=3600",
+        # fetch and compose: the slowest layer (layers run side by side).
+        "Server-Timing": ", ".join(
+            f"{name};dur={seconds * 1e3:.1f}"
+            for name, seconds in (
+                ("fetch", result.fetch_seconds),
+                ("compose", result.compose_seconds),
+                ("encode", result.encode_seconds),
+                ("chain", time.perf_counter() - start),
+            )
+        ),
+    }
+    return Response(content=result.body, media_type=result.media_type, headers=headers)

@@ -1,0 +1,337 @@
+"""Multi-layer endpoints end to end: the real Serve application on loopback, real HiPS.
+
+Surveys: three epochs of MAGPIS 20 cm built as HiPS with a known injected source and a
+known faded one (`tests.epoch_fields`, local directories configured as one survey
+``magpis`` with epochs 1, 2, 3), and CDS's Spitzer IRAC 8 um, DSS2 red and Planck
+143 GHz served by the loopback upstream.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from PIL import Image
+
+from skyrender.fieldstats import icrs_to_pixel, robust_noise
+from skyrender.geometry import make_geometry
+from tests.core.test_layers import fit_source
+from tests.epoch_fields import FADE, INJECTED_PEAK, build_epochs
+
+from .serve_harness import ServeApp
+
+
+@pytest.fixture(scope="module")
+def epochs(fits_dir, tmp_path_factory):
+    return build_epochs(fits_dir, tmp_path_factory.mktemp("epochs"))
+
+
+@pytest.fixture(scope="module")
+def app(upstream, epochs):
+    surveys = [
+        {"name": f"magpis-e{label}", "url": str(path), "epoch": label, "aliases": ["magpis"]}
+        for label, path in epochs.dirs.items()
+    ]
+    surveys += [
+        {"name": "irac4", "url": f"{upstream.url}/cds-spitzer-irac4"},
+        {"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"},
+        {"name": "planck143", "url": f"{upstream.url}/cds-planck-hfi143"},
+        {"name": "dss2-color", "url": f"{upstream.url}/cds-dss2-color"},
+    ]
+    served = ServeApp({"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4}})
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def field(epochs):
+    """The MAGPIS field: TAN, 0.15 deg, 256x256 (2.1" pixels)."""
+    ra, dec = epochs.centre_radec
+    return {"ra": ra, "dec": dec, "fovDeg": 0.15, "width": 256, "height": 256}
+
+
+def _geometry(f):
+    return make_geometry(f["ra"], f["dec"], f["fovDeg"], f["width"], f["height"])
+
+
+def _ok(r):
+    assert r.status_code == 200, r.text[:800]
+    return r
+
+
+def _fits(r) -> tuple[np.ndarray, fits.Header]:
+    with fits.open(io.BytesIO(_ok(r).content)) as hdul:
+        return np.array(hdul[0].data, dtype=np.float64), hdul[0].header.copy()
+
+
+def _rgb(r) -> np.ndarray:
+    """An image answer as (H, W, 3) uint8 in FITS row order (row 0 = bottom)."""
+    return _rgba(r)[..., :3]
+
+
+def _rgba(r) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(_ok(r).content)).convert("RGBA"))[::-1]
+
+
+def _hips2fits(app, hips: str, f, fmt: str = "fits"):
+    q = {
+        "hips": hips,
+        "ra": f["ra"],
+        "dec": f["dec"],
+        "fov": f["fovDeg"],
+        "width": f["width"],
+        "height": f["height"],
+        "projection": "TAN",
+        "format": fmt,
+    }
+    return app.client.get("/hips2fits", params=q)
+
+
+# -- epochs ------------------------------------------------------------------------------
+
+
+def test_difference_fits_shows_the_injected_source(app, epochs, field):
+    r = app.client.post(
+        "/v1/epochs/difference", json={**field, "survey": "magpis", "epochs": ["1", "2"], "format": "fits"}
+    )
+    diff, hdr = _fits(r)
+    assert r.headers["content-type"] == "application/fits"
+    assert hdr["EPOCHNEW"] == "2" and hdr["EPOCHREF"] == "1" and hdr["BITPIX"] == -32
+    geom = _geometry(field)
+    assert np.allclose(WCS(hdr).wcs.crval, geom.wcs.wcs.crval) and hdr["NAXIS1"] == 256
+    x, y = icrs_to_pixel(geom, *epochs.injected_radec)
+    peak, fx, fy = fit_source(diff, float(x), float(y))
+    assert np.hypot(fx - x, fy - y) <= 0.5
+    assert abs(peak - INJECTED_PEAK) <= 0.05 * INJECTED_PEAK
+    # Elsewhere nothing.
+    yy, xx = np.mgrid[0:256, 0:256]
+    far = (np.hypot(xx - x, yy - y) > 20) & np.isfinite(diff)
+    assert np.median(np.abs(diff[far])) <= 1e-3 * epochs.data_range
+    assert json.loads(r.headers["x-wcs"])["NAXIS1"] == 256
+
+
+def test_difference_shows_the_faded_source_negative(app, epochs, field):
+    geom = _geometry(field)
+    diff, _ = _fits(app.client.post(
+        "/v1/epochs/difference", json={**field, "survey": "magpis", "epochs": ["1", "3"], "format": "fits"}
+    ))  # fmt: skip
+    before, _ = _fits(_hips2fits(app, "magpis-e1", field))
+    x, y = icrs_to_pixel(geom, *epochs.faded_radec)
+    was, _, _ = fit_source(before, float(x), float(y), box=4)
+    change, _, _ = fit_source(diff, float(x), float(y), box=4)
+    assert change < 0 and abs(change / was + FADE) <= 0.05 * FADE
+
+
+def test_difference_png_is_diverging_about_zero(app, field):
+    r = _ok(app.client.post("/v1/epochs/difference", json={**field, "survey": "magpis"}))
+    assert r.headers["content-type"] == "image/png" and "x-wcs" in r.headers
+    # Default: the two latest epochs (3 - 2); the picture's middle colour is RdBu_r's white.
+    diff, _ = _fits(
+        app.client.post("/v1/epochs/difference", json={**field, "survey": "magpis", "format": "fits"})
+    )
+    picture = _rgb(r)
+    quiet = np.abs(diff) < 0.02 * np.nanmax(np.abs(diff))
+    assert np.median(picture[quiet].astype(int).min(axis=1)) > 200
+
+
+def test_stats_significance(app, epochs, field):
+    body = {**field, "survey": "magpis", "epochs": ["1", "2"]}
+    stats = _ok(app.client.post("/v1/epochs/stats", json=body)).json()
+    assert [e["epoch"] for e in stats["epochs"]] == ["1", "2"]
+    d = stats["difference"]
+    assert d["later"] == "2" and d["earlier"] == "1" and d["significance"] > 50
+    assert (
+        abs(d["peakRa"] - epochs.injected_radec[0]) < 3e-4
+        and abs(d["peakDec"] - epochs.injected_radec[1]) < 3e-4
+    )
+    fits_1, _ = _fits(_hips2fits(app, "magpis-e1", field))
+    e1 = stats["epochs"][0]
+    assert e1["peak"] == pytest.approx(np.nanmax(fits_1), rel=1e-6)
+    assert e1["noise"] == pytest.approx(robust_noise(fits_1), rel=1e-5)
+    # An aperture on an unchanged part of the field.
+    quiet = {**body, "position": {"ra": field["ra"], "dec": field["dec"] + 0.03, "radiusArcsec": 70}}
+    q = _ok(app.client.post("/v1/epochs/stats", json=quiet)).json()
+    assert q["difference"]["significance"] < 6 and q["epochs"][0]["pixels"] < 0.1 * 256 * 256
+
+
+def test_blink_apng_and_gif(app, field):
+    for fmt, media in (("apng", "image/apng"), ("gif", "image/gif")):
+        r = _ok(
+            app.client.post(
+                "/v1/epochs/blink", json={**field, "survey": "magpis", "format": fmt, "frameMs": 400}
+            )
+        )
+        assert r.headers["content-type"] == media
+        im = Image.open(io.BytesIO(r.content))
+        assert im.n_frames == 3 and im.info["loop"] == 0 and im.size == (256, 256)
+
+
+# -- contours ----------------------------------------------------------------------------
+
+
+def _contour_body(field, base: str, levels, unit="sigma", fmt="png"):
+    return {
+        **field,
+        "mode": "contours",
+        "format": fmt,
+        "layers": [{"survey": base, "colormap": "gray"}, {"survey": "magpis", "epoch": "1"}],
+        "contours": {"levels": levels, "levelUnit": unit, "color": "#00ff00", "lineWidth": 1.5},
+    }
+
+
+@pytest.mark.parametrize("base", ["irac4", "dss2-red"])
+def test_geojson_contours_equal_contourpy_on_the_hips2fits_render(app, field, base):
+    import contourpy
+    from scipy.spatial import cKDTree
+
+    gj = _ok(app.client.post("/v1/composite", json=_contour_body(field, base, [5, 20], fmt="geojson"))).json()
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 2
+    data, hdr = _fits(_hips2fits(app, "magpis-e1", field))
+    wcs = WCS(hdr)
+    sigma = robust_noise(data)
+    gen = contourpy.contour_generator(z=np.ma.masked_invalid(data), line_type="Separate")
+    for feature, k in zip(gj["features"], (5, 20), strict=True):
+        assert feature["properties"]["level"] == pytest.approx(k * sigma, rel=1e-5)
+        theirs = np.concatenate(gen.lines(k * sigma))
+        ours = np.concatenate([np.array(line) for line in feature["geometry"]["coordinates"]])
+        x, y = wcs.wcs_world2pix(ours[:, 0], ours[:, 1], 0)
+        d_ours, _ = cKDTree(theirs).query(np.c_[x, y])
+        d_theirs, _ = cKDTree(np.c_[x, y]).query(theirs)
+        assert d_ours.max() <= 0.5 and d_theirs.max() <= 0.5
+
+
+def test_contour_png_draws_lines_over_the_base(app, field):
+    r = app.client.post("/v1/composite", json=_contour_body(field, "irac4", [0.01], unit="data"))
+    picture = _rgb(r)
+    base = _rgb(app.client.post("/v1/preview", json={**field, "survey": "irac4", "colormap": "gray"}))
+    data, _ = _fits(_hips2fits(app, "magpis-e1", field))
+    import contourpy
+    from scipy.ndimage import distance_transform_edt
+
+    lines = np.concatenate(contourpy.contour_generator(z=data, line_type="Separate").lines(0.01))
+    xs, ys = np.rint(lines[:, 0]).astype(int), np.rint(lines[:, 1]).astype(int)
+    on = picture[ys, xs]
+    assert np.mean((on[:, 1] > 200) & (on[:, 0] < 90) & (on[:, 2] < 90)) > 0.9
+    near = np.zeros((256, 256), bool)
+    near[ys, xs] = True
+    off = distance_transform_edt(~near) > 4
+    assert np.array_equal(picture[off], base[off])
+
+
+# -- colour composites -------------------------------------------------------------------
+
+GC = {"ra": 266.4, "dec": -28.9, "fovDeg": 2.0, "width": 200, "height": 150}
+BANDS = [
+    {"survey": "irac4", "minCut": "1%", "maxCut": "99%", "scale": "asinh"},
+    {"survey": "dss2-red", "minCut": 4000, "maxCut": 12000},
+    {"survey": "planck143", "scale": "sqrt"},
+]
+
+
+def test_rgb_channels_equal_the_grey_previews(app):
+    r = app.client.post("/v1/composite", json={**GC, "mode": "rgb", "layers": BANDS})
+    picture = _rgb(r)
+    assert json.loads(r.headers["x-wcs"])["NAXIS2"] == 150
+    for k, band in enumerate(BANDS):
+        grey = _rgb(app.client.post("/v1/preview", json={**GC, **band, "colormap": "gray"}))
+        assert np.array_equal(picture[..., k], grey[..., 0]), f"channel {k} ({band['survey']})"
+
+
+def test_lupton_equals_make_lupton_rgb(app):
+    from astropy.visualization import make_lupton_rgb
+
+    layers = [{"survey": b["survey"]} for b in BANDS]
+    minimum, stretch, q = [100.0, 4000.0, 0.0], 2000.0, 6.0
+    body = {
+        **GC,
+        "mode": "lupton",
+        "layers": layers,
+        "lupton": {"minimum": minimum, "stretch": stretch, "q": q},
+    }
+    picture = _rgb(app.client.post("/v1/composite", json=body))
+    renders = [_fits(_hips2fits(app, b["survey"], GC))[0] for b in BANDS]
+    covered = np.isfinite(np.stack(renders)).all(axis=0)
+    assert covered.mean() > 0.5
+    filled = [np.where(np.isfinite(r), r, lo) for r, lo in zip(renders, minimum, strict=True)]
+    want = make_lupton_rgb(*filled, minimum=minimum, stretch=stretch, Q=q)
+    assert np.array_equal(picture[covered], want[covered])
+
+
+def test_overlay_with_opacity(app):
+    layers = [
+        {"survey": "dss2-red", "colormap": "gray"},
+        {"survey": "irac4", "colormap": "inferno", "opacity": 0.3},
+    ]
+    picture = _rgb(app.client.post("/v1/composite", json={**GC, "mode": "overlay", "layers": layers}))
+    base = _rgba(app.client.post("/v1/preview", json={**GC, "survey": "dss2-red", "colormap": "gray"}))
+    top = _rgba(app.client.post("/v1/preview", json={**GC, "survey": "irac4", "colormap": "inferno"}))
+    both = (base[..., 3] == 255) & (top[..., 3] == 255)
+    only_base = (base[..., 3] == 255) & (top[..., 3] == 0)
+    assert both.mean() > 0.3
+    want = base[..., :3] * 0.7 + top[..., :3] * 0.3
+    assert np.abs(picture[both] - want[both]).max() <= 0.5 + 1e-6
+    assert np.array_equal(picture[only_base], base[..., :3][only_base])
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def _bad(field):
+    m = {"survey": "magpis"}
+    return [
+        (
+            "/v1/composite",
+            {**field, "mode": "overlay", "layers": [{"survey": "nope"}, {"survey": "irac4"}]},
+            404,
+        ),
+        ("/v1/epochs/difference", {**field, **m, "epochs": ["1", "9"]}, 404),
+        ("/v1/epochs/stats", {**field, **m, "epochs": ["1", "2", "3", "1", "2"]}, 400),
+        ("/v1/composite", {**field, "mode": "overlay", "layers": [{"survey": "irac4"}] * 5}, 400),
+        ("/v1/epochs/difference", {**field, **m, "epochs": ["2", "2"]}, 400),
+        ("/v1/epochs/blink", {**field, **m, "epochs": ["1", "3", "1"]}, 400),
+        ("/v1/composite", _contour_body(field, "irac4", ["three", 5]), 422),
+        ("/v1/composite", _contour_body(field, "irac4", ["3"]), 422),
+        ("/v1/composite", _contour_body(field, "irac4", []), 422),
+        ("/v1/epochs/difference", {**field, **m, "ra": 10.0, "dec": 10.0}, 400),
+        ("/v1/composite", {**field, "mode": "rgb", "layers": [{"survey": "irac4"}] * 2}, 400),
+        (
+            "/v1/composite",
+            {**field, "mode": "overlay", "format": "geojson", "layers": [{"survey": "irac4"}] * 2},
+            400,
+        ),
+        ("/v1/composite", {**field, "mode": "contours", "layers": [{"survey": "irac4"}] * 2}, 400),
+        (
+            "/v1/composite",
+            {**field, "mode": "overlay", "layers": [{"survey": "dss2-color"}, {"survey": "irac4"}]},
+            400,
+        ),
+        (
+            "/v1/composite",
+            {**field, "mode": "overlay", "layers": [{"survey": "irac4", "colormap": "nope"}] * 2},
+            400,
+        ),
+        ("/v1/epochs/difference", {**field, "survey": "irac4"}, 400),
+        ("/v1/epochs/stats", {**field, **m, "position": {"ra": 10, "dec": 10, "radiusArcsec": 5}}, 400),
+        (
+            "/v1/composite",
+            {**field, "width": 100000, "mode": "overlay", "layers": [{"survey": "irac4"}] * 2},
+            400,
+        ),
+    ]
+
+
+def test_every_bad_input_is_a_4xx_with_a_reason(app, field):
+    for path, body, status in _bad(field):
+        r = app.client.post(path, json=body)
+        assert r.status_code == status, (path, body, r.status_code, r.text[:300])
+        reply = r.json()
+        assert reply["error"] and reply["detail"], reply
+
+
+def test_outside_coverage_names_the_layer(app, field):
+    r = app.client.post("/v1/epochs/difference", json={**field, "survey": "magpis", "ra": 10.0, "dec": 10.0})
+    assert r.status_code == 400 and "coverage" in r.text and "magpis@" in r.text
