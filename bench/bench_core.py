@@ -1,8 +1,10 @@
 """Speed of the sky-math core, side by side with astropy reproject on the same output.
 
 Tiles are decoded into memory first; the timed part is pixel → sky → HEALPix cells →
-blend (what the compose stage does). Prints Mpix/s per configuration, and the ratio to
-``reproject_interp`` over ``hips_as_dask_array`` (bilinear) measured in the same run.
+blend (what the compose stage does), on the grid path (`skyrender.grid`, the default)
+and the exact path. Prints Mpix/s per configuration, the ratio to ``reproject_interp``
+over ``hips_as_dask_array`` (bilinear) and to CDS hips2fits' method, both measured in
+the same run, and the grid's measured position error.
 
     python bench/bench_core.py            # full run
     python bench/bench_core.py --short    # CI: fewer sizes and repeats
@@ -22,6 +24,7 @@ import numpy as np
 
 from skyrender.decode import decode_tile
 from skyrender.geometry import make_geometry
+from skyrender.grid import pixel_errors, plan_grid
 from skyrender.properties import load_survey
 from skyrender.render import reproject
 from skyrender.sampling import TileSet
@@ -84,49 +87,78 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# survey: Planck HFI 143 GHz, order 3, {tiles.npix.size} tiles of {tiles.tile_width} px (galactic)"
     )
-    print(f"{'field':<26}{'interp':<10}{'ms':>9}{'Mpix/s':>9}{'reproject ms':>14}{'ratio':>8}")
+    print(f"{'field':<26}{'interp':<10}{'sampling':<9}{'ms':>9}{'Mpix/s':>9}{'reproject ms':>14}{'ratio':>8}")
     geom0 = make_geometry(266.4, -28.9, 20.0, 64, 64)
-    reproject(geom0, tiles, frame)  # compile the kernels outside the timing
-    reproject(geom0, tiles, frame, interpolation="nearest")
+    for sampling in ("grid", "exact"):  # compile the kernels outside the timing
+        reproject(geom0, tiles, frame, sampling=sampling)
+        reproject(geom0, tiles, frame, interpolation="nearest", sampling=sampling)
     for width, height in sizes:
         geom = make_geometry(266.4, -28.9, 20.0, width, height)
         ref_s = (
             reference(planck, 3, geom) if (width * height <= 1024 * 768 or not args.short) else float("nan")
         )
         for interp in ("nearest", "bilinear"):
-            secs = best_of(lambda g=geom, i=interp: reproject(g, tiles, frame, interpolation=i), repeats)
-            mpix = width * height / secs / 1e6
-            ratio = ref_s / secs if interp == "bilinear" else float("nan")
-            print(
-                f"{f'TAN {width}x{height}':<26}{interp:<10}{secs * 1e3:9.1f}{mpix:9.2f}"
-                f"{(ref_s * 1e3 if interp == 'bilinear' else float('nan')):14.1f}{ratio:8.1f}"
-            )
+            for sampling in ("grid", "exact"):
+                def run(g=geom, i=interp, s=sampling):
+                    return reproject(g, tiles, frame, interpolation=i, sampling=s)
+
+                secs = best_of(run, repeats)
+                mpix = width * height / secs / 1e6
+                ratio = ref_s / secs if interp == "bilinear" else float("nan")
+                print(
+                    f"{f'TAN {width}x{height}':<26}{interp:<10}{sampling:<9}{secs * 1e3:9.1f}{mpix:9.2f}"
+                    f"{(ref_s * 1e3 if interp == 'bilinear' else float('nan')):14.1f}{ratio:8.1f}"
+                )
 
     # What a compose replica does (serve_config: num_threads 0): the same render on every core.
     cores = resolve_threads(0)
     geom = make_geometry(266.4, -28.9, 20.0, 1024, 768)
-    secs = best_of(lambda g=geom: reproject(g, tiles, frame, num_threads=cores), repeats)
-    print(
-        f"{f'TAN 1024x768, {cores} threads':<26}{'bilinear':<10}{secs * 1e3:9.1f}"
-        f"{1024 * 768 / secs / 1e6:9.2f}{'':>14}{'':>8}"
-    )
-    # The peer the issue names: CDS hips2fits' method (astropy WCS + cdshealpix + numpy), one core.
-    ours = best_of(lambda g=geom: reproject(g, tiles, frame), repeats)
+    for sampling in ("grid", "exact"):
+        secs = best_of(
+            lambda g=geom, s=sampling: reproject(g, tiles, frame, num_threads=cores, sampling=s), repeats
+        )
+        print(
+            f"{f'TAN 1024x768, {cores} threads':<26}{'bilinear':<10}{sampling:<9}{secs * 1e3:9.1f}"
+            f"{1024 * 768 / secs / 1e6:9.2f}{'':>14}{'':>8}"
+        )
+    # The peer the issue names: CDS hips2fits' method (astropy WCS + cdshealpix + numpy), one core,
+    # measured between our two paths so that drift in the machine's speed shows.
+    grid = best_of(lambda g=geom: reproject(g, tiles, frame, sampling="grid"), repeats)
     peer_ms = peers.hips2fits_method_ms(load_tiles(planck, 3), 3, geom, frame, repeats)
+    exact = best_of(lambda g=geom: reproject(g, tiles, frame, sampling="exact"), repeats)
     print(
-        f"{'TAN 1024x768, CDS method':<26}{'bilinear':<10}{peer_ms:9.1f}{1024 * 768 / peer_ms / 1e3:9.2f}"
-        f"{'':>14}{'':>8}   ours {ours * 1e3:.1f} ms = {peer_ms / ours / 1e3:.1f}x faster"
+        f"{'TAN 1024x768, CDS method':<26}{'bilinear':<10}{'':<9}{peer_ms:9.1f}"
+        f"{1024 * 768 / peer_ms / 1e3:9.2f}"
+    )
+    for name, secs in (("grid", grid), ("exact", exact)):
+        print(
+            f"  ours, {name:<5} (1 core): {secs * 1e3:7.1f} ms = {1024 * 768 / secs / 1e6:6.1f} Mpix/s"
+            f" = {peer_ms / secs / 1e3:5.1f}x CDS's method"
+        )
+    plan = plan_grid(geom, frame, tiles.order + tiles.tile_depth)
+    err_px, err_cells = pixel_errors(plan, geom, frame)
+    print(
+        f"  grid: step {plan.step} px, {plan.interpolated_fraction:.1%} of cells interpolated; measured "
+        f"position error at every interpolated pixel: max {err_px.max():.1e} px "
+        f"({err_cells.max():.1e} cell), median {np.median(err_px):.1e} px"
     )
 
     gaia = HIPS / "cds-gaia-dr2-rv"
     gtiles, gframe = load_tileset(gaia, 3)
     for proj in ("AIT", "MOL"):
         geom = make_geometry(0.0, 0.0, 360.0, 1024, 512, proj)
-        secs = best_of(lambda g=geom: reproject(g, gtiles, gframe), repeats)
         ref_s = reference(gaia, 3, geom) if (proj == "AIT" or not args.short) else float("nan")
+        for sampling in ("grid", "exact"):
+            secs = best_of(lambda g=geom, s=sampling: reproject(g, gtiles, gframe, sampling=s), repeats)
+            print(
+                f"{f'{proj} all-sky 1024x512':<26}{'bilinear':<10}{sampling:<9}{secs * 1e3:9.1f}"
+                f"{1024 * 512 / secs / 1e6:9.2f}{ref_s * 1e3:14.1f}{ref_s / secs:8.1f}"
+            )
+        plan = plan_grid(geom, gframe, gtiles.order + gtiles.tile_depth)
+        err_px, _ = pixel_errors(plan, geom, gframe, every=2)
         print(
-            f"{f'{proj} all-sky 1024x512':<26}{'bilinear':<10}{secs * 1e3:9.1f}"
-            f"{1024 * 512 / secs / 1e6:9.2f}{ref_s * 1e3:14.1f}{ref_s / secs:8.1f}"
+            f"  grid: step {plan.step} px, {plan.interpolated_fraction:.1%} of cells interpolated, "
+            f"max error {err_px.max():.1e} px"
         )
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,6 +102,11 @@ class RenderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     interpolation: str = "bilinear"
+    sampling: Literal["grid", "exact"] = Field(
+        "grid",
+        description="grid: exact positions on a coarse grid of output pixels, interpolated within "
+        "0.01 px (skyrender.grid); exact: every pixel's position and cells",
+    )
     backend: str = Field("auto", description="compose backend: auto | wgpu | numpy")
     png_compress_level: int = Field(1, ge=0, le=9)
     jpeg_quality: int = Field(90, ge=1, le=95)

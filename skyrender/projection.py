@@ -147,6 +147,27 @@ def _kernel(code, width, height, x0, y0, step, crpix, cd, rot, vx_out, vy_out, v
             n += 1
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _points_kernel(code, xs, ys, crpix, cd, rot, vx_out, vy_out, vz_out, valid_out):
+    """`_kernel` for a list of pixels (xs[k], ys[k]) instead of a regular grid."""
+    for n in range(xs.shape[0]):
+        px = xs[n] - crpix[0]
+        py = ys[n] - crpix[1]
+        x = cd[0, 0] * px + cd[0, 1] * py
+        y = cd[1, 0] * px + cd[1, 1] * py
+        u0, u1, u2, ok = _native_vector(code, x, y)
+        if not ok:
+            vx_out[n] = 0.0
+            vy_out[n] = 0.0
+            vz_out[n] = 0.0
+            valid_out[n] = False
+            continue
+        vx_out[n] = rot[0, 0] * u0 + rot[0, 1] * u1 + rot[0, 2] * u2
+        vy_out[n] = rot[1, 0] * u0 + rot[1, 1] * u1 + rot[1, 2] * u2
+        vz_out[n] = rot[2, 0] * u0 + rot[2, 1] * u1 + rot[2, 2] * u2
+        valid_out[n] = True
+
+
 def _vectors_to_lonlat(vx: np.ndarray, vy: np.ndarray, vz: np.ndarray) -> None:
     """Unit vectors → (lon, lat) [rad] in place: lon into ``vx`` in [0, 2π), lat into ``vy``.
 
@@ -272,6 +293,47 @@ def pixel_lonlat(
     ys, xs = np.mgrid[0:height, 0:width].astype(float)
     with np.errstate(invalid="ignore"):
         lon_deg, lat_deg = wcs.all_pix2world((x0 + xs * step).ravel(), (y0 + ys * step).ravel(), 0)
+    return _rotate_lonlat(np.radians(lon_deg), np.radians(lat_deg), frame_rot)
+
+
+def points_lonlat(
+    wcs: WCS, x: np.ndarray, y: np.ndarray, *, wcs_frame: str, target_frame: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sky positions of arbitrary output pixels, in ``target_frame`` (same chain as `pixel_lonlat`).
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+    x, y : ndarray
+        0-based pixel coordinates [pixels], same length.
+    wcs_frame, target_frame : str
+
+    Returns
+    -------
+    lon, lat : ndarray
+        float64 [rad], lon in [0, 2π).
+    valid : ndarray
+        bool, False off the sky.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    frame_rot = rotation_matrix(wcs_frame, target_frame)
+    w = wcs.wcs
+    w.set()
+    if fast_path_supported(wcs):
+        cd = w.cd if w.has_cd() else w.get_pc() * w.cdelt[:, None]
+        rot = np.ascontiguousarray(frame_rot @ _native_to_celestial(wcs))
+        n = x.shape[0]
+        lon, lat, scratch = np.empty(n), np.empty(n), np.empty(n)
+        valid = np.empty(n, dtype=np.bool_)
+        crpix0 = np.asarray(w.crpix, dtype=float) - 1.0
+        code = FAST_PROJECTIONS[_projection_code(wcs)]
+        cd = np.ascontiguousarray(cd, dtype=float)
+        _points_kernel(code, x, y, crpix0, cd, rot, lon, lat, scratch, valid)
+        _vectors_to_lonlat(lon, lat, scratch)
+        return lon, lat, valid
+    with np.errstate(invalid="ignore"):
+        lon_deg, lat_deg = wcs.all_pix2world(x, y, 0)
     return _rotate_lonlat(np.radians(lon_deg), np.radians(lat_deg), frame_rot)
 
 

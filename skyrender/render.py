@@ -18,6 +18,10 @@ from .manifest import ManifestTile, choose_order, tile_manifest
 from .projection import pixel_lonlat
 from .sampling import INTERPOLATIONS, Cells, TileSet, blend, sample_cells
 
+#: Ways to find the survey cells of each output pixel: `skyrender.grid` (exact positions on a
+#: coarse grid, interpolated in between) or the exact per-pixel path.
+SAMPLINGS = ("grid", "exact")
+
 
 @dataclass(frozen=True)
 class RenderPlan:
@@ -65,8 +69,14 @@ def reproject(
     interpolation: str = "bilinear",
     num_threads: int = 1,
     blender: Callable[[Cells, TileSet], np.ndarray] | None = None,
+    sampling: str = "grid",
 ) -> np.ndarray:
     """Render ``tiles`` onto ``geom``.
+
+    ``sampling="grid"`` (`skyrender.grid`) computes exact positions on a coarse grid of
+    output pixels and interpolates in between, within a measured error of 0.01 output
+    pixel; ``"exact"`` computes every pixel's position and cells. ``blender`` (the wgpu
+    path) replaces the exact path's CPU blend.
 
     Returns
     -------
@@ -74,8 +84,19 @@ def reproject(
         float32 (height, width) for grey tiles, (3, height, width) for colour; FITS
         order (row 0 = bottom); NaN where the sky is off the projection or not covered.
     """
-    cells = compute_cells(geom, survey_frame, tiles.order + tiles.tile_depth, interpolation, num_threads)
-    values = blender(cells, tiles) if blender is not None else blend(cells, tiles, num_threads)
+    if sampling not in SAMPLINGS:
+        raise GeometryError(f"unknown sampling {sampling!r}; expected one of {SAMPLINGS}")
+    if interpolation not in INTERPOLATIONS:
+        raise GeometryError(f"unknown interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
+    if sampling == "grid" and blender is None:
+        from .grid import grid_reproject_values
+
+        values = grid_reproject_values(
+            geom, tiles, survey_frame, interpolation=interpolation, num_threads=num_threads
+        )
+    else:
+        cells = compute_cells(geom, survey_frame, tiles.order + tiles.tile_depth, interpolation, num_threads)
+        values = blender(cells, tiles) if blender is not None else blend(cells, tiles, num_threads)
     image = values.reshape(tiles.n_channels, geom.height, geom.width)
     return image[0] if tiles.n_channels == 1 else image
 
@@ -89,6 +110,7 @@ def render_field(
     order: int | None = None,
     moc=None,
     num_threads: int = 1,
+    sampling: str = "grid",
 ) -> np.ndarray:
     """Plan, load (``load_tile`` returns a decoded tile or None when missing) and reproject."""
     plan = plan_render(geom, survey, order=order, moc=moc)
@@ -98,4 +120,6 @@ def render_field(
         if data is not None:
             decoded[tile.npix] = data
     tileset = TileSet.from_tiles(plan.order, decoded, tile_width=survey.tile_width)
-    return reproject(geom, tileset, survey.frame, interpolation=interpolation, num_threads=num_threads)
+    return reproject(
+        geom, tileset, survey.frame, interpolation=interpolation, num_threads=num_threads, sampling=sampling
+    )
