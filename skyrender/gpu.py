@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from .grid import GridPlan
 from .sampling import Cells, TileSet
 from .sampling import blend as cpu_blend
 
@@ -194,6 +195,181 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 """
 
 
+#: The grid path (`skyrender.grid`): the CPU computes the grid plan in f64 (exact nodes,
+#: per-cell polynomials); each cell's polynomials are uploaded relative to an integer base
+#: (f32 keeps ~1e-5 cell inside a cell of at most 64 pixels). The shader evaluates them
+#: per pixel, finds the four cells (equatorial lattice or polar face), gathers and blends
+#: them; pixels the grid leaves to the exact path are flagged and done on the CPU.
+GRID_SHADER = """
+struct Params {
+    width: u32,
+    rows: u32,          // rows in this dispatch
+    row0: u32,          // first output row of this dispatch
+    step: u32,
+    ncx: u32,
+    n_channels: u32,
+    depth: u32,         // tile depth
+    order: u32,         // tile order
+    order_px: u32,      // order + depth
+    n_tiles: u32,
+    bilinear: u32,
+    pad: u32,
+};
+@group(0) @binding(0) var<storage, read> planes: array<f32>;          // (C, T, w*w)
+@group(0) @binding(1) var<storage, read> tile_npix: array<u32>;       // (T,) sorted
+@group(0) @binding(2) var<storage, read> cell_info: array<vec4<i32>>; // (mode, face, base1, base2)
+@group(0) @binding(3) var<storage, read> cell_coef: array<f32>;       // (cells, 2, 4, 4) relative
+@group(0) @binding(4) var<storage, read_write> result: array<f32>;    // (C, rows*width)
+@group(0) @binding(5) var<storage, read_write> flags: array<u32>;     // (rows*width): 1 = exact path
+@group(0) @binding(6) var<uniform> params: Params;
+
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn spread(v: u32) -> u32 {
+    // The bits of v (< 2^16) at even positions.
+    var x = v & 0x0000ffffu;
+    x = (x | (x << 8u)) & 0x00ff00ffu;
+    x = (x | (x << 4u)) & 0x0f0f0f0fu;
+    x = (x | (x << 2u)) & 0x33333333u;
+    x = (x | (x << 1u)) & 0x55555555u;
+    return x;
+}
+
+fn find_tile(t: u32) -> u32 {
+    var lo = 0u;
+    var hi = params.n_tiles;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (tile_npix[mid] < t) { lo = mid + 1u; } else { hi = mid; }
+    }
+    if (lo < params.n_tiles && tile_npix[lo] == t) { return lo; }
+    return params.n_tiles;
+}
+
+fn lattice_face(fm: i32, fp: i32) -> i32 {
+    let d = fm - fp;
+    if (d == 0) { return 4 + (fp & 3); }
+    if (d == 1) { return fp & 3; }
+    if (d == -1) { return 8 + (fm & 3); }
+    return -1;
+}
+
+fn poly(base: u32, u: f32, v: f32) -> f32 {
+    // Σ c[a, b] v^a u^b, Horner in v then u.
+    var acc = 0.0;
+    for (var b = 3; b >= 0; b = b - 1) {
+        let i = base + u32(b);
+        let cb = ((cell_coef[i + 12u] * v + cell_coef[i + 8u]) * v + cell_coef[i + 4u]) * v + cell_coef[i];
+        acc = acc * u + cb;
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let px = gid.x;
+    let r = gid.y;
+    if (px >= params.width || r >= params.rows) { return; }
+    let py = params.row0 + r;
+    let n_px = params.rows * params.width;
+    let idx = r * params.width + px;
+    let cy = py / params.step;
+    let cx = px / params.step;
+    let cell = cy * params.ncx + cx;
+    let info = cell_info[cell];
+    flags[idx] = 1u;
+    if (info.x == 0) { return; }
+    let u = f32(px - cx * params.step) / f32(params.step);
+    let v = f32(py - cy * params.step) / f32(params.step);
+    let p1 = poly(cell * 32u, u, v);
+    let p2 = poly(cell * 32u + 16u, u, v);
+    let nside = 1 << params.order_px;
+    let nm = nside - 1;
+    let w = 1u << params.depth;
+    let wm = w - 1u;
+    let tsize = w * w;
+    var wts = array<f32, 4>(1.0, 0.0, 0.0, 0.0);
+    var offs = array<u32, 4>(0u, 0u, 0u, 0u);
+    var ok = array<bool, 4>(false, false, false, false);
+    var nq = 1;
+    var near = 0;
+    var ia: i32;
+    var ib: i32;
+    if (params.bilinear == 1u) {
+        let a = p1 - 0.5;
+        let b = p2 - 0.5;
+        let fa0 = floor(a);
+        let fb0 = floor(b);
+        ia = info.z + i32(fa0);
+        ib = info.w + i32(fb0);
+        let fa = a - fa0;
+        let fb = b - fb0;
+        wts[0] = (1.0 - fa) * (1.0 - fb);
+        wts[1] = fa * (1.0 - fb);
+        wts[2] = (1.0 - fa) * fb;
+        wts[3] = fa * fb;
+        near = select(0, 1, fa >= 0.5) + select(0, 2, fb >= 0.5);
+        nq = 4;
+    } else {
+        ia = info.z + i32(floor(p1));
+        ib = info.w + i32(floor(p2));
+        if (info.x == 2) {
+            ia = clamp(ia, 0, nm);
+            ib = clamp(ib, 0, nm);
+        }
+    }
+    for (var q = 0; q < nq; q = q + 1) {
+        let qa = ia + (q & 1);
+        let qb = ib + (q >> 1u);
+        var f: i32;
+        var ix: i32;
+        var iy: i32;
+        if (info.x == 1) {
+            f = lattice_face(qa >> params.order_px, qb >> params.order_px);
+            if (f < 0) { return; }  // a corner where three faces meet: exact path
+            ix = qa & nm;
+            iy = nm - (qb & nm);
+        } else {
+            if (qa < 0 || qb < 0 || qa >= nside || qb >= nside) { return; }  // another face
+            f = info.y;
+            ix = qa;
+            iy = qb;
+        }
+        let key = (u32(f) << (2u * params.order)) | spread(u32(ix) >> params.depth)
+            | (spread(u32(iy) >> params.depth) << 1u);
+        let pos = find_tile(key);
+        if (pos < params.n_tiles) {
+            ok[q] = true;
+            offs[q] = pos * tsize + (wm - (u32(ix) & wm)) * w + (u32(iy) & wm);
+        }
+    }
+    flags[idx] = 0u;
+    let count = params.n_tiles * tsize;
+    for (var c = 0u; c < params.n_channels; c = c + 1u) {
+        var acc = 0.0;
+        var wsum = 0.0;
+        var near_ok = false;
+        for (var q = 0; q < nq; q = q + 1) {
+            if (!ok[q] || wts[q] <= 0.0) { continue; }
+            let val = planes[c * count + offs[q]];
+            if (!is_nan(val)) {
+                acc = acc + wts[q] * val;
+                wsum = wsum + wts[q];
+                if (q == near) { near_ok = true; }
+            }
+        }
+        if (near_ok && wsum > 0.0) {
+            result[c * n_px + idx] = acc / wsum;
+        } else {
+            result[c * n_px + idx] = bitcast<f32>(0x7fc00000u);
+        }
+    }
+}
+"""
+
+
 class WgpuBlender:
     """A wgpu device with the blend pipeline compiled; `blend` mirrors `sampling.blend`.
 
@@ -216,6 +392,11 @@ class WgpuBlender:
             layout="auto", compute={"module": module, "entry_point": "main"}
         )
         self._layout = self.pipeline.get_bind_group_layout(0)
+        grid_module = device.create_shader_module(code=GRID_SHADER)
+        self.grid_pipeline = device.create_compute_pipeline(
+            layout="auto", compute={"module": grid_module, "entry_point": "main"}
+        )
+        self._grid_layout = self.grid_pipeline.get_bind_group_layout(0)
         self._lock = threading.Lock()
         self._planes_of: weakref.ref[TileSet] | None = None
         self._plane_groups: list[tuple[int, int, Any]] = []  # (first tile, end tile, buffer)
@@ -385,6 +566,100 @@ class WgpuBlender:
             got = dev.queue.read_buffer(result_buf, 0, m * n_channels * 4)
             out[:, r0:r1] = np.frombuffer(got, dtype=np.float32).reshape(n_channels, m)
         return out
+
+    # -- grid sampling -----------------------------------------------------------------
+
+    def grid_blend(
+        self, plan: GridPlan, tiles: TileSet, *, bilinear: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`skyrender.grid.grid_blend` on the GPU: values float32 (C, N) and the pixels left to
+        the exact path, bool (N,).
+
+        The plan (exact nodes, per-cell polynomials) is the CPU's, in float64; each cell's
+        polynomials go up relative to an integer base, so f32 keeps ~1e-5 HEALPix cell.
+        Falls back to the CPU pass when the tiles need more than one binding or tile
+        numbers beyond u32.
+        """
+        from .grid import grid_blend as cpu_grid_blend
+
+        if plan.pixel_order != tiles.order + tiles.tile_depth:
+            raise ValueError(
+                f"grid at order {plan.pixel_order} does not match tiles of order {tiles.order} "
+                f"and depth {tiles.tile_depth}"
+            )
+        n = plan.width * plan.height
+        n_channels = tiles.n_channels
+        if tiles.npix.size == 0 or n == 0:
+            return np.full((n_channels, n), np.nan, dtype=np.float32), np.zeros(n, dtype=np.bool_)
+        tile_bytes = 4 * n_channels * tiles.tile_width**2
+        if (
+            n_channels > MAX_CHANNELS
+            or int(tiles.npix[-1]) > MAX_TILE
+            or tile_bytes * tiles.npix.size > self.max_binding  # one plane group only
+            or plan.pixel_order > 28  # lattice coordinates in i32
+        ):
+            log.warning("tile set beyond the wgpu grid pass's limits: using the CPU")
+            return cpu_grid_blend(plan, tiles, bilinear=bilinear)
+        ny, nx = plan.mode.shape
+        base = np.floor(plan.coef[:, :, :, 0, 0])  # (ny, nx, 2)
+        rel = plan.coef.copy()
+        rel[:, :, :, 0, 0] -= base
+        info = np.zeros((ny, nx, 4), dtype=np.int32)
+        info[..., 0] = plan.mode
+        info[..., 1] = plan.cell_face
+        info[..., 2:] = np.where(plan.mode[..., None] > 0, base, 0).astype(np.int32)
+        coef32 = np.ascontiguousarray(rel, dtype=np.float32)
+        with self._lock:
+            groups = self._upload_planes(tiles)
+            return self._run_grid(plan, info, coef32, n_channels, tiles, groups[0][2], bilinear)
+
+    def _run_grid(self, plan, info, coef32, n_channels, tiles, planes, bilinear):
+        wgpu = self._wgpu
+        dev = self.device
+        width, height = plan.width, plan.height
+        storage, copy_src = wgpu.BufferUsage.STORAGE, wgpu.BufferUsage.COPY_SRC
+        info_buf = dev.create_buffer_with_data(data=info, usage=storage)
+        coef_buf = dev.create_buffer_with_data(data=coef32, usage=storage)
+        rows = max(1, min(height, self.max_binding // (4 * n_channels * width), self.max_groups))
+        result_buf = self._buffer("grid_result", rows * width * n_channels * 4, storage | copy_src)
+        flags_buf = self._buffer("grid_flags", rows * width * 4, storage | copy_src)
+        out = np.empty((n_channels, width * height), dtype=np.float32)
+        fallback = np.empty(width * height, dtype=np.bool_)
+        npix_buf = self._npix_buffer
+        for r0 in range(0, height, rows):
+            m = min(rows, height - r0)
+            params = np.array(
+                [width, m, r0, plan.step, info.shape[1], n_channels, tiles.tile_depth, tiles.order,
+                 plan.pixel_order, tiles.npix.size, int(bilinear), 0],
+                dtype=np.uint32,
+            )  # fmt: skip
+            params_buf = dev.create_buffer_with_data(data=params, usage=wgpu.BufferUsage.UNIFORM)
+            bind = dev.create_bind_group(
+                layout=self._grid_layout,
+                entries=[
+                    _entry(0, planes, planes.size),
+                    _entry(1, npix_buf, npix_buf.size),
+                    _entry(2, info_buf, info_buf.size),
+                    _entry(3, coef_buf, coef_buf.size),
+                    _entry(4, result_buf, m * width * n_channels * 4),
+                    _entry(5, flags_buf, m * width * 4),
+                    _entry(6, params_buf, params_buf.size),
+                ],
+            )
+            encoder = dev.create_command_encoder()
+            compute = encoder.begin_compute_pass()
+            compute.set_pipeline(self.grid_pipeline)
+            compute.set_bind_group(0, bind)
+            compute.dispatch_workgroups(-(-width // WORKGROUP), m, 1)
+            compute.end()
+            dev.queue.submit([encoder.finish()])
+            got = dev.queue.read_buffer(result_buf, 0, m * width * n_channels * 4)
+            out[:, r0 * width : (r0 + m) * width] = np.frombuffer(got, dtype=np.float32).reshape(
+                n_channels, -1
+            )
+            got = dev.queue.read_buffer(flags_buf, 0, m * width * 4)
+            fallback[r0 * width : (r0 + m) * width] = np.frombuffer(got, dtype=np.uint32) != 0
+        return out, fallback
 
 
 def _entry(binding: int, buffer: Any, size: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ the exact way, so the bound holds everywhere that is interpolated.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -598,11 +599,9 @@ def plan_grid(
 
 def grid_blend(
     plan: GridPlan,
-    geom: OutputGeometry,
     tiles: TileSet,
-    survey_frame: str,
     *,
-    interpolation: str = "bilinear",
+    bilinear: bool = True,
     num_threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interpolate, gather and blend every output pixel the plan covers.
@@ -614,14 +613,12 @@ def grid_blend(
     fallback : ndarray
         bool (height·width,): pixels left to the exact path.
     """
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
     if plan.pixel_order != tiles.order + tiles.tile_depth:
         raise ValueError(
             f"grid at order {plan.pixel_order} does not match tiles of order {tiles.order} "
             f"and depth {tiles.tile_depth}"
         )
-    n = geom.width * geom.height
+    n = plan.width * plan.height
     out = np.empty((tiles.n_channels, n), dtype=np.float32)
     fallback = np.empty(n, dtype=np.bool_)
     if tiles.npix.size == 0:
@@ -633,11 +630,11 @@ def grid_blend(
 
     def rows(a: int, b: int) -> None:
         _grid_rows(
-            a, b, geom.width, plan.step, plan.mode, plan.cell_face, plan.coef, plan.nside, tiles.order,
-            tiles.tile_depth, interpolation == "bilinear", npix, flat, out, fallback,
+            a, b, plan.width, plan.step, plan.mode, plan.cell_face, plan.coef, plan.nside, tiles.order,
+            tiles.tile_depth, bilinear, npix, flat, out, fallback,
         )  # fmt: skip
 
-    run_row_chunks(rows, geom.height, num_threads)
+    run_row_chunks(rows, plan.height, num_threads)
     return out, fallback
 
 
@@ -673,13 +670,22 @@ def grid_reproject_values(
     interpolation: str = "bilinear",
     num_threads: int = 1,
     plan: GridPlan | None = None,
+    grid_blender: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
-    """`sampling.blend`'s values for every output pixel, by grid sampling: float32 (C, height·width)."""
+    """`sampling.blend`'s values for every output pixel, by grid sampling: float32 (C, height·width).
+
+    ``grid_blender(plan, tiles, bilinear=...)`` replaces the CPU pass (the wgpu path,
+    `skyrender.gpu.WgpuBlender.grid_blend`); the exact path fills what it leaves.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
     if plan is None:
         plan = plan_grid(geom, survey_frame, tiles.order + tiles.tile_depth, num_threads=num_threads)
-    values, fallback = grid_blend(
-        plan, geom, tiles, survey_frame, interpolation=interpolation, num_threads=num_threads
-    )
+    bilinear = interpolation == "bilinear"
+    if grid_blender is not None:
+        values, fallback = grid_blender(plan, tiles, bilinear=bilinear)
+    else:
+        values, fallback = grid_blend(plan, tiles, bilinear=bilinear, num_threads=num_threads)
     index = np.flatnonzero(fallback)
     if index.size:
         values[:, index] = exact_pixels(

@@ -70,13 +70,15 @@ def reproject(
     num_threads: int = 1,
     blender: Callable[[Cells, TileSet], np.ndarray] | None = None,
     sampling: str = "grid",
+    grid_blender: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """Render ``tiles`` onto ``geom``.
 
     ``sampling="grid"`` (`skyrender.grid`) computes exact positions on a coarse grid of
     output pixels and interpolates in between, within a measured error of 0.01 output
-    pixel; ``"exact"`` computes every pixel's position and cells. ``blender`` (the wgpu
-    path) replaces the exact path's CPU blend.
+    pixel; ``"exact"`` computes every pixel's position and cells. The wgpu path replaces
+    the CPU pass: ``grid_blender`` (`WgpuBlender.grid_blend`) on the grid path,
+    ``blender`` (`WgpuBlender.blend`) on the exact path.
 
     Returns
     -------
@@ -88,12 +90,13 @@ def reproject(
         raise GeometryError(f"unknown sampling {sampling!r}; expected one of {SAMPLINGS}")
     if interpolation not in INTERPOLATIONS:
         raise GeometryError(f"unknown interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
-    if sampling == "grid" and blender is None:
+    if sampling == "grid":
         from .grid import grid_reproject_values
 
         values = grid_reproject_values(
-            geom, tiles, survey_frame, interpolation=interpolation, num_threads=num_threads
-        )
+            geom, tiles, survey_frame, interpolation=interpolation, num_threads=num_threads,
+            grid_blender=grid_blender,
+        )  # fmt: skip
     else:
         cells = compute_cells(geom, survey_frame, tiles.order + tiles.tile_depth, interpolation, num_threads)
         values = blender(cells, tiles) if blender is not None else blend(cells, tiles, num_threads)
