@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .display import DisplayImage, as_rgb, to_display
+from .display import NO_DATA_INDEX, DisplayImage, as_rgb, to_display
 from .errors import DisplayError
 
 
@@ -58,9 +58,15 @@ def _same_grid(images: Sequence[np.ndarray]) -> None:
 
 
 def grey_channel(image: np.ndarray, display: LayerDisplay) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 (H, W) grey level, no-data mask): the layer's ``gray`` picture, one plane."""
-    img = as_rgb(display.picture(_grey(image), cmap="gray"))
-    return img.rgb[..., 0], img.mask
+    """(uint8 (H, W) grey level, no-data mask): the layer's ``gray`` picture, one plane.
+
+    No-data pixels are 0.
+    """
+    img = display.picture(_grey(image), cmap="gray")
+    # The gray table's red column, with the no-data entry black: one gather, not three.
+    table = np.array(img.lut[:, 0])
+    table[NO_DATA_INDEX] = 0
+    return table[img.index], img.mask
 
 
 def rgb_composite(images: Sequence[np.ndarray], displays: Sequence[LayerDisplay]) -> DisplayImage:
@@ -72,9 +78,13 @@ def rgb_composite(images: Sequence[np.ndarray], displays: Sequence[LayerDisplay]
     if len(images) != 3 or len(displays) != 3:
         raise DisplayError(f"an RGB composite takes exactly three layers, got {len(images)}")
     _same_grid(images)
-    planes, masks = zip(*(grey_channel(i, d) for i, d in zip(images, displays, strict=True)), strict=True)
-    rgb = np.stack([np.where(m, np.uint8(0), p) for p, m in zip(planes, masks, strict=True)], axis=-1)
-    return DisplayImage(mask=np.logical_and.reduce(masks), rgb=rgb)
+    h, w = np.asarray(images[0]).shape
+    rgb = np.empty((h, w, 3), dtype=np.uint8)
+    mask = np.ones((h, w), dtype=bool)
+    for k, (image, display) in enumerate(zip(images, displays, strict=True)):
+        rgb[..., k], layer_mask = grey_channel(image, display)
+        mask &= layer_mask
+    return DisplayImage(mask=mask, rgb=rgb)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,6 @@ from .geometry import OutputGeometry
 #: Most levels one request may ask for (each costs a contourpy pass).
 MAX_LEVELS = 32
 
-#: Supersampling of the line mask: lines are drawn this many times finer and averaged
-#: down, which anti-aliases them.
-SUPERSAMPLE = 4
-
 
 @dataclass(frozen=True)
 class ContourLevel:
@@ -85,6 +81,8 @@ def trace_contours(
     """
     import contourpy
 
+    if min(np.shape(image)) < 2:
+        raise DisplayError(f"contours need an image of at least 2x2 pixels, got {np.shape(image)}")
     z = np.ma.masked_invalid(np.asarray(image, dtype=np.float64))
     gen = contourpy.contour_generator(
         z=z, line_type=contourpy.LineType.Separate, name="serial", corner_mask=True
@@ -149,22 +147,32 @@ def line_coverage(
 ) -> np.ndarray:
     """Anti-aliased coverage (float32 0..1, FITS order) of ``lines`` drawn ``line_width`` px wide.
 
-    The lines are drawn :data:`SUPERSAMPLE` times finer with Pillow and box-averaged down.
+    Drawn by matplotlib's Agg rasteriser (exact-area anti-aliasing) on a transparent
+    canvas of the output's size; the coverage is the canvas's alpha.
     """
-    from PIL import Image, ImageDraw
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
 
     if not (math.isfinite(line_width) and 0 < line_width <= 32):
         raise DisplayError(f"line width must be within (0, 32] pixels, got {line_width!r}")
-    s = SUPERSAMPLE
-    mask = Image.new("L", (width * s, height * s), 0)
-    draw = ImageDraw.Draw(mask)
-    w = max(1, round(line_width * s))
-    for line in lines:
-        # Pixel i covers [i - 0.5, i + 0.5]: its centre is at (i + 0.5) * s supersampled.
-        pts = ((line + 0.5) * s).ravel().tolist()
-        draw.line(pts, fill=255, width=w, joint="curve" if w > 2 else None)
-    small = mask.reduce(s)
-    return np.asarray(small, dtype=np.float32) / 255.0
+    dpi = 72.0  # one point per pixel: line widths are given in pixels
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    fig.patch.set_alpha(0.0)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    ax.patch.set_alpha(0.0)
+    # Pixel i covers [i - 0.5, i + 0.5]; y grows upwards as in FITS order.
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(-0.5, height - 0.5)
+    segments = LineCollection(list(lines), colors="white", linewidths=line_width, antialiaseds=True)
+    segments.set_capstyle("round")
+    segments.set_joinstyle("round")
+    ax.add_collection(segments)
+    canvas.draw()
+    alpha = np.asarray(canvas.buffer_rgba())[::-1, :, 3]
+    return alpha.astype(np.float32) / 255.0
 
 
 def draw_contours(
