@@ -11,7 +11,7 @@ import numpy as np
 from ray import serve
 
 from .config import AppConfig
-from .contracts import Composed, FetchedTiles, RenderSpec
+from .contracts import Composed, FetchedTiles, RenderSpec, TilesLost
 from .telemetry import metrics, observe_stage
 
 __all__ = ["Compose"]
@@ -42,12 +42,11 @@ class Compose:
         if refs:
             try:
                 values = ray.get(list(refs.values()), timeout=self.config.upstream.request_deadline_s)
-            except Exception as exc:  # an object lost with its node: render without those tiles
-                log.warning("tiles lost from the object store (%s): rendering without them", exc)
-                values = [None] * len(refs)
-            for n, v in zip(refs, values, strict=True):
-                if v is not None:
-                    out[n] = v
+            except Exception as exc:  # lost with their owner or node (or unreachable): no holes
+                log.warning("%d tiles lost from the object store: %s", len(refs), exc)
+                lost = f"{len(refs)} tiles lost from the object store ({type(exc).__name__})"
+                raise TilesLost(lost) from None
+            out.update(zip(refs, values, strict=True))
             self.store_reads += len(refs)
         return out
 

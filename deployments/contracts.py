@@ -24,6 +24,7 @@ __all__ = [
     "RenderSpec",
     "TileOutcome",
     "TileRequest",
+    "TilesLost",
 ]
 
 
@@ -168,3 +169,9 @@ class EncodedImage:
     backend: str
     tiles_used: int
     tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)
+
+
+class TilesLost(Exception):
+    """Tiles handed to compose as object-store references could not be read: their owner
+    (the cache actor) or the node holding them died between fetch and compose. Worth one
+    retry of the render (the fetch then reads them again); never drawn as holes."""

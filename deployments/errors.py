@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from skyrender.errors import InvalidWCSError, SkyRenderError
 
 from . import upstream
+from .contracts import TilesLost
 
 __all__ = [
     "ApiError",
@@ -62,6 +63,7 @@ _MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
     (upstream.URLNotAllowed, 403, "tile URL not allowed"),
     (upstream.NoUsableTiles, 502, "no usable tiles"),
     (upstream.UpstreamUnavailable, 503, "upstream unavailable"),
+    (TilesLost, 503, "service unavailable"),
     (upstream.UpstreamTimeout, 504, "upstream timeout"),
     (upstream.UpstreamHTTPError, 502, "upstream error"),
     (upstream.TileTooLarge, 502, "upstream tile too large"),
@@ -91,12 +93,14 @@ def api_error_of(exc: BaseException) -> ApiError:
 
 
 def is_replica_death(exc: BaseException) -> bool:
-    """A stage's replica died under the request (killed, OOM, node lost): worth one retry."""
+    """A stage's replica died under the request (killed, OOM, node lost), or tiles were lost
+    with their node between stages: worth one retry."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     # Serve re-raises a dead upstream stage's error as a RayServeException whose
     # ``__cause__`` holds the ActorDiedError: look down the whole chain.
-    return any(isinstance(e, (ActorDiedError, ActorUnavailableError, RayActorError)) for e in _chain(exc))
+    lost = (ActorDiedError, ActorUnavailableError, RayActorError, TilesLost)
+    return any(isinstance(e, lost) for e in _chain(exc))
 
 
 def _chain(exc: BaseException):

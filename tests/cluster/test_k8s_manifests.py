@@ -480,7 +480,11 @@ def test_gpu_group_and_compose(rayservice):
 def test_resources_metrics_and_scratch_volume_everywhere(rayservice):
     cfg = rayservice["spec"]["rayClusterConfig"]
     assert cfg["enableInTreeAutoscaling"] is True and cfg["autoscalerOptions"]["resources"]
-    assert cfg["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # The head runs only the Ingress replicas (its custom resource): quarter-CPU each, up to max_replicas.
+    head_cpus = float(cfg["headGroupSpec"]["rayStartParams"]["num-cpus"])
+    ingress = _deployment(_serve_config(rayservice), "Ingress")
+    opts, scaling = ingress["ray_actor_options"], ingress["autoscaling_config"]
+    assert head_cpus == opts["num_cpus"] * scaling["max_replicas"]
     cache = _serve_config(rayservice)["applications"][0]["args"]["cache"]
     for group in _groups(rayservice):
         c = _ray_container(group)
