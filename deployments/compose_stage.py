@@ -55,6 +55,7 @@ class Compose:
 
         info: dict[str, Any] = {
             "backend": self.backend,
+            "sampling": self.config.render.sampling,
             "node_id": ray.get_runtime_context().get_node_id(),
             "tiles_read_from_object_store": self.store_reads,
         }
@@ -75,7 +76,9 @@ class Compose:
             spec.survey_frame,
             interpolation=spec.interpolation or self.config.render.interpolation,
             num_threads=self.config.render.num_threads,
+            sampling=self.config.render.sampling,
             blender=self._blender.blend if self._blender is not None else None,
+            grid_blender=self._blender.grid_blend if self._blender is not None else None,
         )
         seconds = time.perf_counter() - start
         observe_stage("compose", seconds)

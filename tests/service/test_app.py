@@ -309,6 +309,7 @@ def test_healthz_then_503_when_upstream_stops(app, upstream):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ok" and body["compose"]["backend"] == "wgpu", body["compose"]
+    assert body["compose"]["sampling"] == "grid"  # render.sampling reaches the compose stage
     assert body["compose"]["adapter"]["backend_type"]
     upstream.stop()
     try:
@@ -346,3 +347,15 @@ def test_request_id_is_echoed_and_logged_as_json(app):
     assert record["request_id"] == "nestjs-req-42" and record["status"] == 200 and record["outcome"] == "ok"
     assert record["endpoint"] == "/v1/preview" and record["tiles_requested"] >= 1
     assert {"fetch_ms", "compose_ms", "encode_ms", "tiles_fetched", "tiles_from_cache"} <= set(record)
+
+
+def test_render_sampling_is_configured_grid_or_exact():
+    """`render.sampling` defaults to the grid path; the exact path stays a configured choice."""
+    from pydantic import ValidationError
+
+    from deployments.config import RenderConfig
+
+    assert RenderConfig().sampling == "grid"
+    assert RenderConfig(sampling="exact").sampling == "exact"
+    with pytest.raises(ValidationError, match="sampling"):
+        RenderConfig(sampling="mesh")
