@@ -68,7 +68,7 @@ class Compose:
         from skyrender.render import reproject
         from skyrender.sampling import TileSet
 
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         tiles = TileSet.from_tiles(spec.order, self._resolve(fetched.tiles), tile_width=spec.tile_width)
         image = reproject(
             spec.geometry,
@@ -93,6 +93,7 @@ class Compose:
             tiles_used=len(fetched.tiles),
             fetch_seconds=fetched.seconds,
             tile_outcomes=dict(fetched.outcomes),
+            stamps=(*fetched.stamps, started_at, time.time()),
         )
 
 

@@ -137,6 +137,9 @@ class FetchedTiles:
     broken: dict[str, str] = field(default_factory=dict)
     outcomes: dict[TileOutcome, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Wall-clock (start, end) of each stage so far [s since the epoch]: the hand-offs between
+    #: them are the gaps (same host clock; on a cluster, node clocks' skew adds in).
+    stamps: tuple[float, ...] = ()
 
     def count(self, *kinds: TileOutcome) -> int:
         return sum(self.outcomes.get(k, 0) for k in kinds)
@@ -155,6 +158,7 @@ class Composed:
     tiles_used: int
     fetch_seconds: float = 0.0
     tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)
+    stamps: tuple[float, ...] = ()  # fetch's and compose's (start, end), see `FetchedTiles`
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ class EncodedImage:
     backend: str
     tiles_used: int
     tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)
+    stamps: tuple[float, ...] = ()  # fetch's, compose's and encode's (start, end), see `FetchedTiles`
 
 
 class TilesLost(Exception):

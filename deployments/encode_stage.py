@@ -27,7 +27,7 @@ class Encode:
         from skyrender.display import as_rgb, to_display
         from skyrender.encode import encode_fits, encode_image
 
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         if spec.format == "fits":
             body, media_type = encode_fits(composed.image, spec.header), "application/fits"
         else:
@@ -59,6 +59,7 @@ class Encode:
             backend=composed.backend,
             tiles_used=composed.tiles_used,
             tile_outcomes=composed.tile_outcomes,
+            stamps=(*composed.stamps, started_at, time.time()),
         )
 
     def combine(self, spec: Any, *composed: Composed) -> EncodedImage:

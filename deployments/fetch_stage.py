@@ -111,7 +111,7 @@ class TileFetch:
         """
         from .upstream import NoUsableTiles, TileNotFound, TileTooLarge
 
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         tiles: dict[int, Any] = {}
         missing: list[str] = []
         broken: dict[str, str] = {}
@@ -138,7 +138,7 @@ class TileFetch:
         seconds = time.perf_counter() - start
         observe_stage("fetch", seconds)
         await self._publish_cache_gauges()
-        return FetchedTiles(tiles, tuple(missing), broken, outcomes, seconds)
+        return FetchedTiles(tiles, tuple(missing), broken, outcomes, seconds, (started_at, time.time()))
 
     async def _publish_cache_gauges(self) -> None:
         """Copy the cache actor's byte and entry counts into gauges, at most once a second."""

@@ -67,7 +67,7 @@ class RenderChain:
             survey=cfg.name, order=order, tiles_requested=len(tiles), width=geom.width, height=geom.height
         )
         deadline = self.config.upstream.request_deadline_s + 1.0
-        chain_start = time.perf_counter()
+        chain_start, dispatched_at = time.perf_counter(), time.time()
         try:
             result = await asyncio.wait_for(self._chain(requests, spec, display), timeout=deadline)
         except TimeoutError:
@@ -83,6 +83,7 @@ class RenderChain:
             state.update(outcome=error.error, cause=str(error.detail))
             log.warning("render %s failed: %s: %s", request.state.request_id, error.error, error.detail)
             raise error from None
+        returned_at = time.time()
         outcomes = result.tile_outcomes
         state.update(
             outcome="ok",
@@ -109,6 +110,7 @@ class RenderChain:
                     ("compose", result.compose_seconds),
                     ("encode", result.encode_seconds),
                     ("chain", time.perf_counter() - chain_start),
+                    *_handoffs(dispatched_at, result.stamps, returned_at),
                 )
             ),
         }
@@ -128,3 +130,17 @@ class RenderChain:
                     raise
                 log.warning("a replica died during a render; retrying once: %s", message_of(unwrap(exc)))
         raise AssertionError("unreachable")
+
+
+def _handoffs(dispatched_at: float, stamps: tuple[float, ...], returned_at: float) -> list[tuple[str, float]]:
+    """Each hand-off's time [s]: ingress → fetch, fetch → compose, compose → encode, encode → ingress.
+
+    ``stamps`` are the stages' wall-clock (start, end) pairs; a hand-off is the gap between
+    one's end and the next one's start (Serve's routing, the task hop, the arguments'
+    transfer and deserialisation).
+    """
+    if len(stamps) != 6:
+        return []
+    points = (dispatched_at, *stamps, returned_at)
+    names = ("hop-fetch", "hop-compose", "hop-encode", "hop-back")
+    return [(name, max(0.0, points[2 * i + 1] - points[2 * i])) for i, name in enumerate(names)]
