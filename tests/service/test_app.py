@@ -363,3 +363,21 @@ def test_render_sampling_is_configured_grid_or_exact():
     assert RenderConfig(sampling="exact").sampling == "exact"
     with pytest.raises(ValidationError, match="sampling"):
         RenderConfig(sampling="mesh")
+
+
+def test_stage_contracts_cross_lean():
+    """What the stages hand each other stays small: the geometry travels as header text
+    (not astropy's pickled WCS), and a float image goes out of band (Ray's object store
+    maps it, no copy through pickle)."""
+    import ray.cloudpickle as cloudpickle
+
+    from deployments.contracts import Composed, RenderSpec
+    from skyrender.geometry import make_geometry
+
+    spec = RenderSpec(make_geometry(266.4, -28.9, 2.0, 1024, 768), "icrs", 3, 512)
+    assert len(cloudpickle.dumps(spec)) < 8192
+    buffers: list = []
+    composed = Composed(np.zeros((768, 1024), np.float32), "numpy", 0.01, 4, stamps=(1.0, 2.0, 3.0, 4.0))
+    inline = cloudpickle.dumps(composed, protocol=5, buffer_callback=buffers.append)
+    assert len(inline) < 2048
+    assert [b.raw().nbytes for b in buffers] == [768 * 1024 * 4]
