@@ -134,9 +134,11 @@ def _lattice_face(fm, fp):
     return -1
 
 
-# Cubic Lagrange through nodes at u = −1, 0, 1, 2 → power basis c0 + c1 u + c2 u² + c3 u³.
-_LAGRANGE = np.array(
-    [[0.0, 1.0, 0.0, 0.0], [-1 / 3, -0.5, 1.0, -1 / 6], [0.5, -1.0, 0.5, 0.0], [-1 / 6, 0.5, -0.5, 1 / 6]]
+# Cubic Lagrange through nodes at u = s − 1, s, s + 1, s + 2 → power basis c0 + c1 u + c2 u² + c3 u³,
+# for the stencil shifts s = −1, 0, 1 (index s + 1): a cell next to a boundary uses the 4×4
+# nodes that lie on its side of it (the centre check still bounds the error).
+_LAGRANGE = np.stack(
+    [np.linalg.inv(np.vander(np.arange(4.0) + s - 1, 4, increasing=True)) for s in (-1, 0, 1)]
 )
 
 
@@ -193,19 +195,38 @@ def _classify(
                         corners = False
             if not corners:
                 continue
-            cubic = True
-            for dj in range(-1, 3):
-                for di in range(-1, 3):
-                    if region[j0 + dj, i0 + di] != r or (r > 0 and face[j0 + dj, i0 + di] != f):
-                        cubic = False
+            # The 4×4 stencil: centred when it all agrees, else shifted by a node away from
+            # the boundary; bilinear on the corners when no stencil fits.
+            cubic = False
+            sy = 0
+            sx = 0
+            for ty in (0, -1, 1):
+                for tx in (0, -1, 1):
+                    if cubic or j0 + ty - 1 < 0 or i0 + tx - 1 < 0:
+                        continue
+                    if j0 + ty + 2 >= face.shape[0] or i0 + tx + 2 >= face.shape[1]:
+                        continue
+                    fits = True
+                    for dj in range(-1, 3):
+                        for di in range(-1, 3):
+                            jj = j0 + ty + dj
+                            ii = i0 + tx + di
+                            if region[jj, ii] != r or (r > 0 and face[jj, ii] != f):
+                                fits = False
+                    if fits:
+                        cubic = True
+                        sy = ty
+                        sx = tx
             ref = c1[j0, i0]
             for k in range(2):
                 for dj in range(4):
                     for di in range(4):
                         if cubic or (1 <= dj <= 2 and 1 <= di <= 2):
-                            val = (c1 if k == 0 else c2)[j0 + dj - 1, i0 + di - 1]
+                            jj = j0 + dj - 1 + (sy if cubic else 0)
+                            ii = i0 + di - 1 + (sx if cubic else 0)
+                            val = (c1 if k == 0 else c2)[jj, ii]
                             if r == 0:  # longitude wraps: jm and jp both jump by 4·nside
-                                d = c1[j0 + dj - 1, i0 + di - 1] - ref
+                                d = c1[jj, ii] - ref
                                 if d > 0.5 * n4:
                                     val -= n4
                                 elif d < -0.5 * n4:
@@ -223,18 +244,20 @@ def _classify(
                 centre[k] = val
             for k in range(2):
                 if cubic:
-                    # C = L · F · Lᵀ (rows: powers of v; columns: powers of u).
+                    # C = L_v · F · L_uᵀ (rows: powers of v; columns: powers of u).
+                    lv = lagrange[sy + 1]
+                    lu = lagrange[sx + 1]
                     for a in range(4):
                         for b in range(4):
                             acc = 0.0
                             for m in range(4):
-                                acc += lagrange[a, m] * vals[k, m, b]
+                                acc += lv[a, m] * vals[k, m, b]
                             tmp[a, b] = acc
                     for a in range(4):
                         for b in range(4):
                             acc = 0.0
                             for m in range(4):
-                                acc += tmp[a, m] * lagrange[b, m]
+                                acc += tmp[a, m] * lu[b, m]
                             coef[cy, cx, k, a, b] = acc
                 else:
                     f00, f10, f01, f11 = vals[k, 1, 1], vals[k, 1, 2], vals[k, 2, 1], vals[k, 2, 2]
@@ -244,8 +267,11 @@ def _classify(
                     coef[cy, cx, k, 1, 1] = f11 - f10 - f01 + f00
             e1 = _poly_at(coef[cy, cx, 0], 0.5, 0.5) - centre[0]
             e = math.hypot(e1, _poly_at(coef[cy, cx, 1], 0.5, 0.5) - centre[1])
-            x00, x10, x01, x11 = vals[0, 1, 1], vals[0, 1, 2], vals[0, 2, 1], vals[0, 2, 2]
-            y00, y10, y01, y11 = vals[1, 1, 1], vals[1, 1, 2], vals[1, 2, 1], vals[1, 2, 2]
+            # The cell's corners (the stencil may be shifted): from the polynomials.
+            x00, x10 = _poly_at(coef[cy, cx, 0], 0.0, 0.0), _poly_at(coef[cy, cx, 0], 1.0, 0.0)
+            x01, x11 = _poly_at(coef[cy, cx, 0], 0.0, 1.0), _poly_at(coef[cy, cx, 0], 1.0, 1.0)
+            y00, y10 = _poly_at(coef[cy, cx, 1], 0.0, 0.0), _poly_at(coef[cy, cx, 1], 1.0, 0.0)
+            y01, y11 = _poly_at(coef[cy, cx, 1], 0.0, 1.0), _poly_at(coef[cy, cx, 1], 1.0, 1.0)
             s = (
                 max(
                     math.hypot(x10 - x00, y10 - y00),
