@@ -19,7 +19,7 @@ from .animation import blink_frames, encode_animation
 from .composite import LayerDisplay, LuptonParams, default_lupton, lupton_composite, overlay, rgb_composite
 from .contours import contour_levels, contours_geojson, draw_contours, trace_contours
 from .display import DisplayImage
-from .encode import encode_fits, encode_image
+from .encode import encode_fits, encode_image, encode_png
 from .epochs import (
     DIFFERENCE_COLORMAP,
     EpochImage,
@@ -140,6 +140,10 @@ def check_coverage(images: Sequence[np.ndarray], labels: Sequence[str]) -> None:
 
 
 def _picture_bytes(img: DisplayImage, fmt: str, opts: PictureOptions) -> Combined:
+    if fmt == "png" and img.is_colour:
+        # Colour PNGs are the slow part of a composite: Huffman-only zlib is faster and smaller.
+        body = encode_png(img, compress_level=opts.png_compress_level, huffman_only=True)
+        return Combined(body, "image/png")
     enc = {"compress_level": opts.png_compress_level} if fmt == "png" else {"quality": opts.jpeg_quality}
     body, media_type = encode_image(img, fmt, **enc)
     return Combined(body, media_type)
