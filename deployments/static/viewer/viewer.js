@@ -1,0 +1,621 @@
+// skyrender's sky viewer: a canvas fed by POST v1/preview, panned and zoomed in the page.
+//
+// The view is (ra, dec, fovDeg, projection) plus display settings. Every pan or zoom is
+// also a screen transform (scale s, shift tx, ty: x' = s x + t) composed into `affineNow`;
+// the picture on screen is drawn with affineNow after undoing the transform in effect
+// when it was requested, so the previous picture follows the pointer (shifted and
+// scaled) until the new one arrives. Requests that are no longer needed are aborted.
+
+import { PROJECTIONS, Wcs, fieldWcs, formatDec, formatRa, parseRaDec } from "./wcs.js";
+
+const COLORMAPS = [
+  "gray", "gray_r", "viridis", "magma", "inferno", "plasma", "cividis", "afmhot", "hot", "bone",
+  "cubehelix", "twilight", "turbo", "coolwarm", "RdBu_r", "Spectral_r", "Blues_r",
+];
+// Wider than these and the projection folds or diverges (TAN at 180, SIN at the limb).
+const MAX_FOV = { TAN: 150, SIN: 180, ARC: 360, STG: 300, ZEA: 360, CAR: 360, MER: 360, AIT: 360, MOL: 360 };
+const MIN_FOV = 1 / 3600; // 1 arcsec across: deeper than any configured survey
+const MAX_SIDE = 2048; // the canvas is rendered at most this large (the service also has its limits)
+const DEBOUNCE_MS = 80; // a pause in the pointer this long asks for a picture
+const MAX_WAIT_MS = 400; // ... and a continuous drag asks at least this often
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("sky");
+const ctx = canvas.getContext("2d");
+
+const DEFAULT_VIEW = {
+  ra: 266.405,
+  dec: -28.936,
+  fovDeg: 40,
+  projection: "TAN",
+  survey: "",
+  epoch: "",
+  colormap: "inferno",
+  scale: "asinh",
+  minCut: "",
+  maxCut: "",
+};
+
+const state = {
+  view: { ...DEFAULT_VIEW },
+  width: 0,
+  height: 0,
+  surveys: [], // GET v1/surveys entries
+  groups: [], // entries grouped by shared name/alias (epochs of one survey)
+};
+
+// -- screen transforms -----------------------------------------------------------------------
+
+const IDENTITY = { s: 1, tx: 0, ty: 0 };
+let affineNow = { ...IDENTITY };
+const then = (a, b) => ({ s: b.s * a.s, tx: b.s * a.tx + b.tx, ty: b.s * a.ty + b.ty }); // a, then b
+const invert = (a) => ({ s: 1 / a.s, tx: -a.tx / a.s, ty: -a.ty / a.s });
+const apply = (a, x, y) => [a.s * x + a.tx, a.s * y + a.ty];
+
+// -- the picture on screen and the request in flight --------------------------------------------
+
+let shown = null; // {bitmap, wcs, affine, key, stale}
+let inflight = null; // {controller, seq, key, affine, t0}
+let seq = 0;
+let timer = 0;
+let firstChangeAt = 0;
+let pointer = null; // last pointer position over the canvas [CSS pixels]
+let pendingEnd = null; // {t, key}: end of an interaction, for the pan-to-picture time
+const events = []; // diagnostics: requests, draws, interaction ends (read by tests and benchmarks)
+const note = (e) => {
+  events.push({ ...e, t: performance.now() });
+  if (events.length > 500) events.splice(0, events.length - 500);
+};
+
+function requestBody() {
+  const v = state.view;
+  const body = {
+    ra: round(v.ra, 8),
+    dec: round(v.dec, 8),
+    fovDeg: round(v.fovDeg, 10),
+    width: state.width,
+    height: state.height,
+    format: "png",
+    projection: v.projection,
+    colormap: v.colormap,
+    scale: v.scale,
+  };
+  if (v.survey) body.survey = v.survey;
+  if (v.epoch) body.epoch = v.epoch;
+  const min = cutValue(v.minCut);
+  const max = cutValue(v.maxCut);
+  if (min !== null) body.minCut = min;
+  if (max !== null) body.maxCut = max;
+  return body;
+}
+
+const round = (x, places) => Math.round(x * 10 ** places) / 10 ** places;
+
+function cutValue(text) {
+  const s = String(text || "").trim();
+  if (!s) return null;
+  return s.endsWith("%") ? s : Number(s);
+}
+
+/** Ask for a picture of the current view (soon, or now), aborting one no longer needed. */
+function schedule(now = false) {
+  const t = performance.now();
+  if (!timer) firstChangeAt = t;
+  clearTimeout(timer);
+  const wait = now ? 0 : Math.max(0, Math.min(DEBOUNCE_MS, firstChangeAt + MAX_WAIT_MS - t));
+  timer = setTimeout(() => {
+    timer = 0;
+    request();
+  }, wait);
+}
+
+async function request() {
+  if (!state.width || !state.height) return;
+  const body = requestBody();
+  const key = JSON.stringify(body);
+  if (inflight && inflight.key === key) return; // already on its way
+  if (!inflight && shown && shown.key === key && !shown.stale) return; // already shown
+  if (inflight) inflight.controller.abort();
+  const controller = new AbortController();
+  const mine = { controller, seq: ++seq, key, affine: { ...affineNow }, t0: performance.now() };
+  inflight = mine;
+  note({ type: "request", seq: mine.seq, body });
+  $("busy").hidden = false;
+  try {
+    const response = await fetch("v1/preview", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: key,
+      signal: controller.signal,
+    });
+    if (!response.ok) throw new Error(await describeError(response));
+    const header = response.headers.get("X-WCS");
+    if (!header) throw new Error("the picture came without its X-WCS header");
+    const wcs = new Wcs(JSON.parse(header));
+    const bitmap = await createImageBitmap(await response.blob());
+    if (inflight !== mine) {
+      bitmap.close();
+      return;
+    }
+    inflight = null;
+    if (shown) shown.bitmap.close();
+    shown = { bitmap, wcs, affine: mine.affine, key, stale: false };
+    showError(null);
+    draw();
+    note({ type: "draw", seq: mine.seq, requestMs: performance.now() - mine.t0 });
+    if (pendingEnd && pendingEnd.key === key) {
+      note({ type: "pan-to-picture", ms: performance.now() - pendingEnd.t });
+      pendingEnd = null;
+    }
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    if (inflight === mine) {
+      inflight = null;
+      note({ type: "error", seq: mine.seq, message: String(err.message || err) });
+      showError(err.message || String(err));
+    }
+  } finally {
+    if (!inflight) $("busy").hidden = true;
+  }
+}
+
+/** The API's {error, detail} as one readable line (pydantic's field errors listed). */
+async function describeError(response) {
+  const text = await response.text();
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    /* not JSON: say what came */
+  }
+  if (body && body.error) {
+    let detail = body.detail;
+    if (Array.isArray(detail)) {
+      detail = detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`).join("; ");
+    } else if (detail && typeof detail !== "string") {
+      detail = JSON.stringify(detail);
+    }
+    return `${body.error} (HTTP ${response.status})${detail ? `: ${detail}` : ""}`;
+  }
+  return `HTTP ${response.status} ${response.statusText}: ${text.slice(0, 200) || "no detail"}`;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.hidden = !message;
+  box.textContent = message || "";
+}
+
+// -- drawing -------------------------------------------------------------------------------------
+
+function draw() {
+  const dpr = window.devicePixelRatio || 1;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, state.width, state.height);
+  if (shown) {
+    const t = screenOfShown();
+    ctx.globalAlpha = shown.stale ? 0.35 : 1;
+    ctx.imageSmoothingEnabled = t.s !== 1;
+    ctx.setTransform(dpr * t.s, 0, 0, dpr * t.s, dpr * t.tx, dpr * t.ty);
+    ctx.drawImage(shown.bitmap, 0, 0);
+    ctx.globalAlpha = 1;
+  }
+  drawScaleBar();
+  drawReadout();
+}
+
+const screenOfShown = () => then(invert(shown.affine), affineNow);
+
+const NICE = [
+  1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 18000, 36000, 72000, 108000, 162000, 216000,
+  324000,
+].map((arcsec) => arcsec / 3600);
+
+function drawScaleBar() {
+  let degPerPixel = state.view.fovDeg / Math.max(state.width, state.height);
+  if (shown && !shown.stale) degPerPixel = shown.wcs.scaleDeg / screenOfShown().s;
+  const maxPx = Math.min(160, state.width / 4);
+  let length = NICE[0];
+  for (const n of NICE) if (n / degPerPixel <= maxPx) length = n;
+  $("scalebar").querySelector(".bar").style.width = `${Math.round(length / degPerPixel)}px`;
+  $("scalebar").querySelector(".label").textContent = formatAngle(length);
+  $("fov-out").textContent = formatAngle(state.view.fovDeg);
+}
+
+function formatAngle(deg) {
+  if (deg >= 1) return `${+deg.toFixed(deg < 10 ? 2 : 1)}°`;
+  if (deg * 60 >= 1) return `${+(deg * 60).toFixed(1)}′`;
+  return `${+(deg * 3600).toFixed(1)}″`;
+}
+
+function drawReadout() {
+  let sky = null;
+  if (pointer && shown && !shown.stale) {
+    const [u, v] = apply(invert(screenOfShown()), pointer[0], pointer[1]);
+    sky = shown.wcs.canvasToSky(u, v);
+  }
+  if (!sky) {
+    $("radec-sexa").textContent = "–";
+    $("radec-deg").textContent = "–";
+    $("lb-deg").textContent = "–";
+    return;
+  }
+  const [ra, dec] = sky.radec;
+  const [l, b] = sky.lb;
+  $("radec-sexa").textContent = `${formatRa(ra)} ${formatDec(dec)}`;
+  $("radec-deg").textContent = `${ra.toFixed(5)}° ${dec >= 0 ? "+" : ""}${dec.toFixed(5)}°`;
+  $("lb-deg").textContent = `${l.toFixed(5)}° ${b >= 0 ? "+" : ""}${b.toFixed(5)}°`;
+}
+
+// -- view changes ------------------------------------------------------------------------------
+
+const currentWcs = () => fieldWcs({ ...state.view, width: state.width, height: state.height });
+
+/** Move the sky with the pointer by (dx, dy) CSS pixels. */
+function pan(dx, dy) {
+  if (!dx && !dy) return;
+  const centre = currentWcs().canvasToWorld(state.width / 2 - dx, state.height / 2 - dy);
+  if (!centre) return; // off the projection's edge: stay
+  [state.view.ra, state.view.dec] = centre;
+  affineNow = then(affineNow, { s: 1, tx: dx, ty: dy });
+  changed();
+}
+
+/** Zoom by factor k (> 1 zooms in) keeping the sky under (px, py) in place. */
+function zoomAt(px, py, k) {
+  const v = state.view;
+  const fov = Math.min(MAX_FOV[v.projection] || 360, Math.max(MIN_FOV, v.fovDeg / k));
+  k = v.fovDeg / fov;
+  if (Math.abs(k - 1) < 1e-9) return;
+  const cx = state.width / 2;
+  const cy = state.height / 2;
+  const centre = currentWcs().canvasToWorld(px + (cx - px) / k, py + (cy - py) / k);
+  if (centre) [v.ra, v.dec] = centre;
+  v.fovDeg = fov;
+  affineNow = then(affineNow, { s: k, tx: px * (1 - k), ty: py * (1 - k) });
+  changed();
+}
+
+function changed(now = false) {
+  writeHash();
+  draw();
+  schedule(now);
+}
+
+/** A view that the shown picture cannot be moved into (new centre, projection): dim it. */
+function jumped() {
+  if (shown) shown.stale = true;
+  changed(true);
+}
+
+function endInteraction() {
+  const key = JSON.stringify(requestBody());
+  pendingEnd = { t: performance.now(), key };
+  note({ type: "interaction-end", key });
+  schedule(true);
+}
+
+// -- pointer, wheel, keys ------------------------------------------------------------------------
+
+const touches = new Map();
+let dragged = false;
+
+canvas.addEventListener("pointerdown", (e) => {
+  canvas.setPointerCapture(e.pointerId);
+  canvas.focus();
+  touches.set(e.pointerId, [e.offsetX, e.offsetY]);
+  dragged = false;
+  canvas.classList.add("dragging");
+});
+
+canvas.addEventListener("pointermove", (e) => {
+  pointer = [e.offsetX, e.offsetY];
+  const last = touches.get(e.pointerId);
+  if (!last) {
+    drawReadout();
+    return;
+  }
+  if (touches.size === 2) {
+    // Pinch: zoom by the change of the fingers' distance about their midpoint, pan with it.
+    const [a, b] = [...touches.values()];
+    const other = a === last ? b : a;
+    const before = Math.hypot(last[0] - other[0], last[1] - other[1]);
+    const after = Math.hypot(e.offsetX - other[0], e.offsetY - other[1]);
+    touches.set(e.pointerId, [e.offsetX, e.offsetY]);
+    if (before > 0 && after > 0) zoomAt((e.offsetX + other[0]) / 2, (e.offsetY + other[1]) / 2, after / before);
+  } else {
+    touches.set(e.pointerId, [e.offsetX, e.offsetY]);
+    pan(e.offsetX - last[0], e.offsetY - last[1]);
+  }
+  dragged = true;
+});
+
+function pointerEnd(e) {
+  if (!touches.delete(e.pointerId)) return;
+  if (touches.size === 0) {
+    canvas.classList.remove("dragging");
+    if (dragged) endInteraction();
+  }
+}
+canvas.addEventListener("pointerup", pointerEnd);
+canvas.addEventListener("pointercancel", pointerEnd);
+canvas.addEventListener("pointerleave", () => {
+  pointer = null;
+  drawReadout();
+});
+
+canvas.addEventListener(
+  "wheel",
+  (e) => {
+    e.preventDefault();
+    const lines = e.deltaMode === 1 ? 40 : e.deltaMode === 2 ? 800 : 1;
+    zoomAt(e.offsetX, e.offsetY, Math.exp(-e.deltaY * lines * 0.0015));
+  },
+  { passive: false },
+);
+
+window.addEventListener("keydown", (e) => {
+  if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
+  const step = Math.round(Math.min(state.width, state.height) / 8);
+  const moves = { ArrowLeft: [step, 0], ArrowRight: [-step, 0], ArrowUp: [0, step], ArrowDown: [0, -step] };
+  if (moves[e.key]) {
+    pan(...moves[e.key]);
+  } else if (e.key === "+" || e.key === "=") {
+    zoomAt(state.width / 2, state.height / 2, 1.25);
+  } else if (e.key === "-" || e.key === "_") {
+    zoomAt(state.width / 2, state.height / 2, 1 / 1.25);
+  } else {
+    return;
+  }
+  e.preventDefault();
+});
+
+// -- size ----------------------------------------------------------------------------------------
+
+function resize() {
+  const w = Math.max(1, Math.min(MAX_SIDE, window.innerWidth));
+  const h = Math.max(1, Math.min(MAX_SIDE, window.innerHeight));
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.round(w * dpr);
+  canvas.height = Math.round(h * dpr);
+  canvas.style.width = `${w}px`;
+  canvas.style.height = `${h}px`;
+  if (state.width && state.height) {
+    // Same pixel scale and centre: the shown picture stays put, anchored on the centre.
+    state.view.fovDeg *= Math.max(w, h) / Math.max(state.width, state.height);
+    affineNow = then(affineNow, { s: 1, tx: (w - state.width) / 2, ty: (h - state.height) / 2 });
+  }
+  state.width = w;
+  state.height = h;
+  changed();
+}
+
+// -- the URL: a shareable view -------------------------------------------------------------------
+
+const HASH_KEYS = {
+  ra: "ra", dec: "dec", fov: "fovDeg", proj: "projection", survey: "survey", epoch: "epoch",
+  cmap: "colormap", stretch: "scale", min: "minCut", max: "maxCut",
+};
+
+function writeHash() {
+  const v = state.view;
+  const p = new URLSearchParams();
+  p.set("ra", v.ra.toFixed(6));
+  p.set("dec", v.dec.toFixed(6));
+  p.set("fov", String(+v.fovDeg.toPrecision(7)));
+  for (const [k, field] of Object.entries(HASH_KEYS)) {
+    if (["ra", "dec", "fov"].includes(k)) continue;
+    if (v[field]) p.set(k, v[field]);
+  }
+  history.replaceState(null, "", `#${p.toString()}`);
+}
+
+/** The view a URL's hash describes (fields it does not name keep their value). */
+function readHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const v = { ...state.view };
+  for (const [k, field] of Object.entries(HASH_KEYS)) {
+    if (!p.has(k)) continue;
+    const raw = p.get(k);
+    if (["ra", "dec", "fovDeg"].includes(field)) {
+      const x = Number(raw);
+      if (Number.isFinite(x)) v[field] = x;
+    } else {
+      v[field] = raw;
+    }
+  }
+  v.ra = ((v.ra % 360) + 360) % 360;
+  v.dec = Math.max(-90, Math.min(90, v.dec));
+  if (!PROJECTIONS.includes(v.projection)) v.projection = "TAN";
+  v.fovDeg = Math.min(MAX_FOV[v.projection], Math.max(MIN_FOV, v.fovDeg));
+  return v;
+}
+
+window.addEventListener("hashchange", () => {
+  state.view = readHash();
+  syncControls();
+  jumped();
+});
+
+// -- controls ------------------------------------------------------------------------------------
+
+function option(select, value, label) {
+  const o = document.createElement("option");
+  o.value = value;
+  o.textContent = label ?? value;
+  select.append(o);
+}
+
+/** Surveys sharing a name or an alias are epochs of one survey (as the API resolves them). */
+function groupSurveys(entries) {
+  const groups = [];
+  for (const entry of entries) {
+    const names = new Set([entry.name, ...(entry.aliases || [])]);
+    const group = groups.find((g) => g.entries.some((o) => [o.name, ...(o.aliases || [])].some((n) => names.has(n))));
+    if (group) group.entries.push(entry);
+    else groups.push({ entries: [entry] });
+  }
+  for (const g of groups) {
+    const shared = (g.entries[0].aliases || []).find((a) => g.entries.every((o) => (o.aliases || []).includes(a)));
+    g.label = g.entries.length > 1 && shared ? shared : g.entries[0].name;
+    g.title = g.entries[0].title || g.label;
+  }
+  return groups;
+}
+
+const groupOf = (name) => state.groups.find((g) => g.entries.some((e) => e.name === name));
+const entryOf = (name) => state.surveys.find((e) => e.name === name);
+
+function fillSurveys() {
+  const select = $("survey");
+  select.textContent = "";
+  state.groups.forEach((g, i) => option(select, String(i), g.entries[0].available === false ? `${g.label} (unavailable)` : g.label));
+  syncControls();
+}
+
+function syncControls() {
+  const v = state.view;
+  const group = groupOf(v.survey) || state.groups[0];
+  if (group) {
+    $("survey").value = String(state.groups.indexOf(group));
+    $("survey").title = group.title;
+    const epochs = group.entries.filter((e) => e.epoch);
+    $("epoch-row").hidden = epochs.length === 0;
+    const sel = $("epoch");
+    sel.textContent = "";
+    for (const e of group.entries) option(sel, e.name, e.epoch || "(none)");
+    sel.value = entryOf(v.survey) ? v.survey : group.entries[0].name;
+    const entry = entryOf(sel.value);
+    $("colormap").disabled = Boolean(entry && entry.colour);
+    $("colormap").title = entry && entry.colour ? "a colour survey keeps its own colours" : "";
+  }
+  $("colormap").value = v.colormap;
+  if ($("colormap").value !== v.colormap) {
+    option($("colormap"), v.colormap);
+    $("colormap").value = v.colormap;
+  }
+  $("scale").value = v.scale;
+  $("projection").value = v.projection;
+  $("min-cut").value = v.minCut || "";
+  $("max-cut").value = v.maxCut || "";
+}
+
+function pickSurvey(name) {
+  const entry = entryOf(name);
+  state.view.survey = name;
+  state.view.epoch = entry && entry.epoch ? entry.epoch : "";
+  syncControls();
+  changed(true);
+}
+
+function validCut(text) {
+  const s = text.trim();
+  if (!s) return true;
+  const body = s.endsWith("%") ? s.slice(0, -1) : s;
+  const x = Number(body);
+  return body.trim() !== "" && Number.isFinite(x) && (!s.endsWith("%") || (x >= 0 && x <= 100));
+}
+
+function setupControls() {
+  for (const c of COLORMAPS) option($("colormap"), c);
+  for (const p of PROJECTIONS) option($("projection"), p);
+  $("survey").addEventListener("change", (e) => pickSurvey(state.groups[Number(e.target.value)].entries[0].name));
+  $("epoch").addEventListener("change", (e) => pickSurvey(e.target.value));
+  $("colormap").addEventListener("change", (e) => {
+    state.view.colormap = e.target.value;
+    changed(true);
+  });
+  $("scale").addEventListener("change", (e) => {
+    state.view.scale = e.target.value;
+    changed(true);
+  });
+  $("projection").addEventListener("change", (e) => {
+    state.view.projection = e.target.value;
+    state.view.fovDeg = Math.min(MAX_FOV[e.target.value], state.view.fovDeg);
+    jumped();
+  });
+  for (const [id, field] of [["min-cut", "minCut"], ["max-cut", "maxCut"]]) {
+    $(id).addEventListener("change", (e) => {
+      const ok = validCut(e.target.value);
+      e.target.classList.toggle("invalid", !ok);
+      if (!ok) {
+        showError(`${field}: "${e.target.value}" is neither a number in data units nor a percentile like 99.5%`);
+        return;
+      }
+      state.view[field] = e.target.value.trim();
+      changed(true);
+    });
+  }
+  $("controls").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("goto");
+    try {
+      [state.view.ra, state.view.dec] = parseRaDec(input.value);
+    } catch (err) {
+      input.classList.add("invalid");
+      showError(err.message);
+      return;
+    }
+    input.classList.remove("invalid");
+    jumped();
+  });
+  $("toggle").addEventListener("click", () => $("controls").classList.toggle("collapsed"));
+  $("share").addEventListener("click", async () => {
+    writeHash();
+    try {
+      await navigator.clipboard.writeText(location.href);
+      $("share").textContent = "Link copied";
+    } catch {
+      window.prompt("Copy this link:", location.href);
+    }
+    setTimeout(() => ($("share").textContent = "Copy link"), 1500);
+  });
+}
+
+async function loadSurveys() {
+  try {
+    const response = await fetch("v1/surveys");
+    if (!response.ok) throw new Error(await describeError(response));
+    state.surveys = (await response.json()).surveys;
+  } catch (err) {
+    showError(`cannot list the surveys: ${err.message || err}`);
+    state.surveys = [];
+  }
+  state.groups = groupSurveys(state.surveys);
+  if (state.view.survey && !entryOf(state.view.survey)) {
+    showError(`no survey "${state.view.survey}" here; showing the default`);
+    state.view.survey = "";
+  }
+  if (!state.view.survey && state.surveys.length) {
+    const first = state.surveys[0];
+    state.view.survey = first.name;
+    state.view.epoch = first.epoch || "";
+    // No view in the URL: start where the survey's properties suggest (hips_initial_*).
+    const p = new URLSearchParams(location.hash.slice(1));
+    if (!p.has("ra") && first.initialRa != null && first.initialDec != null) {
+      state.view.ra = first.initialRa;
+      state.view.dec = first.initialDec;
+      if (first.initialFovDeg) state.view.fovDeg = Math.min(MAX_FOV[state.view.projection], first.initialFovDeg);
+    }
+  }
+  fillSurveys();
+}
+
+// -- start ---------------------------------------------------------------------------------------
+
+window.skyViewer = {
+  state,
+  events,
+  /** True when no picture is pending and the shown one is of the current view. */
+  idle: () => !timer && !inflight && Boolean(shown) && shown.key === JSON.stringify(requestBody()),
+};
+
+setupControls();
+state.view = readHash();
+window.addEventListener("resize", resize);
+loadSurveys().then(() => {
+  syncControls();
+  resize();
+  schedule(true);
+});
