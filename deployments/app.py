@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 
 import skyrender
 
-from . import health, hips_files, routes_hips2fits, routes_layers, routes_render
+from . import health, hips_files, routes_catalogue, routes_hips2fits, routes_layers, routes_render, viewer
 from .errors import install_error_handlers
 from .limits import RequestLimits
 from .request_context import install_request_context
@@ -27,7 +27,9 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_render.router,
     routes_layers.router,
     routes_hips2fits.router,
+    routes_catalogue.router,
     health.router,
+    viewer.router,
     hips_files.router,
 )
 

@@ -134,3 +134,29 @@ class WcsValidateResponse(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="short error class, e.g. 'invalid WCS', 'upstream unavailable'")
     detail: Any = Field(None, description="what was wrong: a message, or pydantic's list of field errors")
+
+
+class SurveyInfo(BaseModel):
+    """One configured survey, as ``GET /v1/surveys`` lists it."""
+
+    name: str = Field(description="the survey's configured name (what `survey` takes)")
+    epoch: str | None = Field(description="its epoch, when configured (what `epoch` takes)")
+    aliases: list[str] = Field(description="other names it answers to; surveys sharing one are epochs of it")
+    default: bool = Field(description="true for the survey used when a request names none")
+    available: bool = Field(description="false when its properties cannot be read now (see detail)")
+    detail: str | None = Field(None, description="why it is not available")
+    title: str | None = Field(None, description="obs_title from its HiPS properties")
+    frame: str | None = Field(None, description="HiPS frame: icrs, galactic or ecliptic")
+    orderMin: int | None = Field(None, description="shallowest tile order (hips_order_min)")
+    orderMax: int | None = Field(None, description="deepest tile order (hips_order)")
+    tileWidth: int | None = Field(None, description="tile side [pixels]")
+    colour: bool | None = Field(None, description="true for colour tiles (the colormap is ignored)")
+    initialRa: float | None = Field(None, description="suggested first view: right ascension, ICRS [deg]")
+    initialDec: float | None = Field(None, description="suggested first view: declination, ICRS [deg]")
+    initialFovDeg: float | None = Field(None, description="suggested first field of view [deg]")
+
+
+class SurveyList(BaseModel):
+    """``GET /v1/surveys``: the survey catalogue, in configuration order (the first is the default)."""
+
+    surveys: list[SurveyInfo]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
-from starlette.exceptions import HTTPException
+
+from .errors import ApiError
 
 __all__ = ["STATIC_DIR", "router"]
 
@@ -59,5 +60,5 @@ async def viewer_page() -> Response:
 async def viewer_asset(name: str) -> Response:
     """The page's scripts and style sheet (only the files shipped, by exact name)."""
     if name not in _ASSETS or name == "index.html":
-        raise HTTPException(404, f"no viewer file {name!r}")
+        raise ApiError(404, "not found", f"no viewer file {name!r}")
     return _respond(name)

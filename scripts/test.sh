@@ -8,6 +8,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s mesa-vulkan-
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1) \
     >/dev/null || echo "warning: could not install mesa-vulkan-drivers; the wgpu tests will fail" >&2
 fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s chromium-driver >/dev/null 2>&1; then
+  # The viewer's tests drive Debian's headless Chromium through Selenium (no browser download).
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+    >/dev/null || echo "warning: could not install chromium; the viewer tests will fail" >&2
+fi
 bash scripts/bootstrap.sh test
 export XDG_RUNTIME_DIR="$(mktemp -d)"  # Mesa wants a private 0700 runtime dir
 .venv/bin/ruff check .

@@ -88,6 +88,98 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/composite": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Composite
+         * @description Several layers on one grid as one picture: RGB, Lupton RGB, overlay, or contours.
+         *
+         *     Layers are fetched and composed in parallel; each has its own survey, epoch, cuts and
+         *     stretch. ``rgb`` and ``lupton`` take three layers (red, green, blue); ``overlay`` two
+         *     or more, each laid over the ones before with its ``opacity``; ``contours`` two, the
+         *     second's contours over the first (``format: geojson`` for the lines in RA/Dec).
+         */
+        post: operations["composite_v1_composite_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/epochs/blink": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Epoch Blink
+         * @description The epochs of one survey as an animation: one frame each, the same cuts and stretch for all.
+         */
+        post: operations["epoch_blink_v1_epochs_blink_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/epochs/difference": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Epoch Difference
+         * @description The difference of two epochs of one survey (later minus earlier) on one grid.
+         *
+         *     Pictures use a diverging colormap centred on zero with symmetric cuts; FITS is the
+         *     float32 difference with the output WCS and both epochs (``EPOCHNEW``, ``EPOCHREF``).
+         */
+        post: operations["epoch_difference_v1_epochs_difference_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/epochs/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Epoch Stats
+         * @description Per-epoch peak and its position, median and robust noise, and the significance of the change.
+         *
+         *     Over the field, or with ``position`` the peaks and medians within that aperture
+         *     (the noise is always the whole field's). The difference is the last epoch minus
+         *     the first.
+         */
+        post: operations["epoch_stats_v1_epochs_stats_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/preview": {
         parameters: {
             query?: never;
@@ -120,6 +212,26 @@ export interface paths {
          * @description Tile cache counters (hits, misses, evictions, bytes held).
          */
         get: operations["stats_v1_stats_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/surveys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Surveys
+         * @description The configured surveys (the first is the default) with what their HiPS properties say.
+         */
+        get: operations["surveys_v1_surveys_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -172,6 +284,391 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * BlinkRequest
+         * @description ``POST /v1/epochs/blink``: one frame per epoch, same cuts and stretch, looping.
+         */
+        BlinkRequest: {
+            /**
+             * Colormap
+             * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
+             * @default gray
+             */
+            colormap?: string;
+            /**
+             * Dec
+             * @description centre declination, ICRS [deg]
+             */
+            dec: number;
+            /**
+             * Epochs
+             * @description epochs to compare, earliest first (default: every configured epoch of the survey)
+             */
+            epochs?: string[] | null;
+            /**
+             * Format
+             * @description animated PNG or GIF
+             * @default apng
+             * @enum {string}
+             */
+            format?: "apng" | "gif";
+            /**
+             * Fovdeg
+             * @description field of view along the larger side [deg]
+             */
+            fovDeg: number;
+            /**
+             * Framems
+             * @description time each frame shows [ms]
+             * @default 700
+             */
+            frameMs?: number;
+            /**
+             * Height
+             * @description output height [pixels]
+             * @default 512
+             */
+            height?: number;
+            /**
+             * Maxcut
+             * @description upper cut: data units, or a percentile like '99.5%' (default 99.5%); over all frames
+             */
+            maxCut?: number | string | null;
+            /**
+             * Mincut
+             * @description lower cut: data units, or a percentile like '0.5%' (default 0.5%); over all frames
+             */
+            minCut?: number | string | null;
+            /**
+             * Projection
+             * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
+             * @default TAN
+             */
+            projection?: string;
+            /**
+             * Ra
+             * @description centre right ascension, ICRS [deg]
+             */
+            ra: number;
+            /**
+             * Rotation
+             * @description sky rotation, CROTA2 convention [deg]
+             * @default 0
+             */
+            rotation?: number;
+            /**
+             * Scale
+             * @description stretch applied after the cuts (astropy.visualization)
+             * @default linear
+             * @enum {string}
+             */
+            scale?: "linear" | "sqrt" | "log" | "asinh" | "power";
+            /**
+             * Survey
+             * @description a survey configured with several epochs (name or alias)
+             */
+            survey: string;
+            /**
+             * Width
+             * @description output width [pixels]; the configured limits on width, height and total pixels apply
+             * @default 512
+             */
+            width?: number;
+        };
+        /**
+         * CompositeRequest
+         * @description ``POST /v1/composite``: several layers on one grid as one picture.
+         *
+         *     * ``rgb``: three layers to red, green, blue, each with its own cuts and stretch;
+         *     * ``lupton``: the same three, Lupton et al. (2004) asinh colour (``lupton`` options);
+         *     * ``overlay``: each layer, colormapped, laid over the ones before it with its ``opacity``;
+         *     * ``contours``: contours of the second layer over the first (``contours`` options);
+         *       ``format: geojson`` returns the lines in ICRS (RA/Dec, degrees) instead.
+         */
+        CompositeRequest: {
+            /** @description contours mode: levels and line style */
+            contours?: components["schemas"]["ContourOptions"] | null;
+            /**
+             * Dec
+             * @description centre declination, ICRS [deg]
+             */
+            dec: number;
+            /**
+             * Format
+             * @description png | jpeg; geojson only for contours
+             * @default png
+             * @enum {string}
+             */
+            format?: "png" | "jpeg" | "geojson";
+            /**
+             * Fovdeg
+             * @description field of view along the larger side [deg]
+             */
+            fovDeg: number;
+            /**
+             * Height
+             * @description output height [pixels]
+             * @default 512
+             */
+            height?: number;
+            /**
+             * Layers
+             * @description the layers, bottom first (the limit is configured)
+             */
+            layers: components["schemas"]["Layer"][];
+            /** @description lupton mode: make_lupton_rgb parameters */
+            lupton?: components["schemas"]["LuptonOptions"] | null;
+            /**
+             * Mode
+             * @description how the layers combine
+             * @enum {string}
+             */
+            mode: "rgb" | "lupton" | "overlay" | "contours";
+            /**
+             * Projection
+             * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
+             * @default TAN
+             */
+            projection?: string;
+            /**
+             * Ra
+             * @description centre right ascension, ICRS [deg]
+             */
+            ra: number;
+            /**
+             * Rotation
+             * @description sky rotation, CROTA2 convention [deg]
+             * @default 0
+             */
+            rotation?: number;
+            /**
+             * Width
+             * @description output width [pixels]; the configured limits on width, height and total pixels apply
+             * @default 512
+             */
+            width?: number;
+        };
+        /**
+         * ContourOptions
+         * @description Contour lines of the second layer (drawn over the first).
+         */
+        ContourOptions: {
+            /**
+             * Color
+             * @description line colour: a name or '#rrggbb'
+             * @default white
+             */
+            color?: string;
+            /**
+             * Levelunit
+             * @description sigma: multiples of the layer's robust noise (MAD x 1.4826); data: data units
+             * @default sigma
+             * @enum {string}
+             */
+            levelUnit?: "sigma" | "data";
+            /**
+             * Levels
+             * @description contour levels: numbers, in `levelUnit`
+             */
+            levels: (number)[];
+            /**
+             * Linewidth
+             * @description line width [output pixels]
+             * @default 1.5
+             */
+            lineWidth?: number;
+        };
+        /** DifferenceNumbers */
+        DifferenceNumbers: {
+            /**
+             * Earlier
+             * @description the earlier epoch (subtrahend)
+             */
+            earlier: string;
+            /**
+             * Later
+             * @description the later epoch (minuend)
+             */
+            later: string;
+            /**
+             * Median
+             * @description median [data units]
+             */
+            median: number | null;
+            /**
+             * Noise
+             * @description robust noise of the whole field: MAD x 1.4826 [data units]
+             */
+            noise: number | null;
+            /**
+             * Peak
+             * @description largest value (difference: farthest from the median) [data units]
+             */
+            peak: number | null;
+            /**
+             * Peakdec
+             * @description its declination, ICRS [deg]
+             */
+            peakDec: number | null;
+            /**
+             * Peakra
+             * @description its right ascension, ICRS [deg]
+             */
+            peakRa: number | null;
+            /**
+             * Peakx
+             * @description its pixel column, 0-based, from the left
+             */
+            peakX: number;
+            /**
+             * Peaky
+             * @description its pixel row, 0-based, from the bottom (FITS order)
+             */
+            peakY: number;
+            /**
+             * Pixels
+             * @description pixels with data the peak and median were taken over
+             */
+            pixels: number;
+            /**
+             * Significance
+             * @description |peak change - median| / noise of the difference (null when the difference has no noise)
+             */
+            significance: number | null;
+        };
+        /**
+         * DifferenceRequest
+         * @description ``POST /v1/epochs/difference``: ``epochs[1] - epochs[0]`` on one grid.
+         */
+        DifferenceRequest: {
+            /**
+             * Colormap
+             * @description diverging colormap, centred on zero
+             * @default RdBu_r
+             */
+            colormap?: string;
+            /**
+             * Dec
+             * @description centre declination, ICRS [deg]
+             */
+            dec: number;
+            /**
+             * Epochs
+             * @description [earlier, later]: the answer is later minus earlier (default: the two latest epochs)
+             */
+            epochs?: string[] | null;
+            /**
+             * Format
+             * @description png/jpeg picture, or float32 FITS with the WCS and both epochs in the header
+             * @default png
+             * @enum {string}
+             */
+            format?: "png" | "jpeg" | "fits";
+            /**
+             * Fovdeg
+             * @description field of view along the larger side [deg]
+             */
+            fovDeg: number;
+            /**
+             * Height
+             * @description output height [pixels]
+             * @default 512
+             */
+            height?: number;
+            /**
+             * Maxcut
+             * @description upper cut (default: the 99.5% percentile of |difference|)
+             */
+            maxCut?: number | string | null;
+            /**
+             * Mincut
+             * @description lower cut (default: -maxCut)
+             */
+            minCut?: number | string | null;
+            /**
+             * Projection
+             * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
+             * @default TAN
+             */
+            projection?: string;
+            /**
+             * Ra
+             * @description centre right ascension, ICRS [deg]
+             */
+            ra: number;
+            /**
+             * Rotation
+             * @description sky rotation, CROTA2 convention [deg]
+             * @default 0
+             */
+            rotation?: number;
+            /**
+             * Scale
+             * @description stretch applied after the cuts (astropy.visualization), applied symmetrically about zero
+             * @default linear
+             * @enum {string}
+             */
+            scale?: "linear" | "sqrt" | "log" | "asinh" | "power";
+            /**
+             * Survey
+             * @description a survey configured with several epochs (name or alias)
+             */
+            survey: string;
+            /**
+             * Width
+             * @description output width [pixels]; the configured limits on width, height and total pixels apply
+             * @default 512
+             */
+            width?: number;
+        };
+        /** EpochNumbers */
+        EpochNumbers: {
+            /**
+             * Epoch
+             * @description the epoch
+             */
+            epoch: string;
+            /**
+             * Median
+             * @description median [data units]
+             */
+            median: number | null;
+            /**
+             * Noise
+             * @description robust noise of the whole field: MAD x 1.4826 [data units]
+             */
+            noise: number | null;
+            /**
+             * Peak
+             * @description largest value (difference: farthest from the median) [data units]
+             */
+            peak: number | null;
+            /**
+             * Peakdec
+             * @description its declination, ICRS [deg]
+             */
+            peakDec: number | null;
+            /**
+             * Peakra
+             * @description its right ascension, ICRS [deg]
+             */
+            peakRa: number | null;
+            /**
+             * Peakx
+             * @description its pixel column, 0-based, from the left
+             */
+            peakX: number;
+            /**
+             * Peaky
+             * @description its pixel row, 0-based, from the bottom (FITS order)
+             */
+            peakY: number;
+            /**
+             * Pixels
+             * @description pixels with data the peak and median were taken over
+             */
+            pixels: number;
+        };
         /** ErrorBody */
         ErrorBody: {
             /**
@@ -189,6 +686,73 @@ export interface components {
         HTTPValidationError: {
             /** Detail */
             detail?: components["schemas"]["ValidationError"][];
+        };
+        /**
+         * Layer
+         * @description One layer: a configured survey (and epoch) with its own display settings.
+         */
+        Layer: {
+            /**
+             * Colormap
+             * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
+             * @default gray
+             */
+            colormap?: string;
+            /**
+             * Epoch
+             * @description survey epoch, e.g. VLASS '2.1'; selects among the configured surveys of that epoch
+             */
+            epoch?: string | null;
+            /**
+             * Maxcut
+             * @description upper cut: data units, or a percentile like '99.5%' (default 99.5%)
+             */
+            maxCut?: number | string | null;
+            /**
+             * Mincut
+             * @description lower cut: data units, or a percentile like '0.5%' (default 0.5%)
+             */
+            minCut?: number | string | null;
+            /**
+             * Opacity
+             * @description overlay mode: opacity of this layer over those before it (0..1)
+             * @default 1
+             */
+            opacity?: number;
+            /**
+             * Scale
+             * @description stretch applied after the cuts (astropy.visualization)
+             * @default linear
+             * @enum {string}
+             */
+            scale?: "linear" | "sqrt" | "log" | "asinh" | "power";
+            /**
+             * Survey
+             * @description a configured survey's name or alias
+             */
+            survey: string;
+        };
+        /**
+         * LuptonOptions
+         * @description Parameters of `astropy.visualization.make_lupton_rgb` (data units).
+         */
+        LuptonOptions: {
+            /**
+             * Minimum
+             * @description black level of red, green, blue (default: each 0.5%)
+             */
+            minimum?: number[] | null;
+            /**
+             * Q
+             * @description asinh softening Q
+             * @default 8
+             */
+            q?: number;
+            /**
+             * Stretch
+             * @description linear range of the asinh (default: the widest 0.5%..99.5% of the layers)
+             */
+            stretch?: number | null;
         };
         /**
          * ManifestRequest
@@ -299,6 +863,27 @@ export interface components {
              * @description the tile's URL (NorderK/DirD/NpixN.ext)
              */
             url: string;
+        };
+        /**
+         * Position
+         * @description A circular aperture.
+         */
+        Position: {
+            /**
+             * Dec
+             * @description declination, ICRS [deg]
+             */
+            dec: number;
+            /**
+             * Ra
+             * @description right ascension, ICRS [deg]
+             */
+            ra: number;
+            /**
+             * Radiusarcsec
+             * @description aperture radius [arcsec]
+             */
+            radiusArcsec: number;
         };
         /**
          * PreviewRequest
@@ -477,6 +1062,167 @@ export interface components {
              */
             width?: number;
         };
+        /**
+         * StatsRequest
+         * @description ``POST /v1/epochs/stats``: per-epoch numbers for the field or an aperture.
+         */
+        StatsRequest: {
+            /**
+             * Dec
+             * @description centre declination, ICRS [deg]
+             */
+            dec: number;
+            /**
+             * Epochs
+             * @description epochs to compare, earliest first (default: every configured epoch of the survey)
+             */
+            epochs?: string[] | null;
+            /**
+             * Fovdeg
+             * @description field of view along the larger side [deg]
+             */
+            fovDeg: number;
+            /**
+             * Height
+             * @description output height [pixels]
+             * @default 512
+             */
+            height?: number;
+            /** @description restrict peaks and medians to this aperture (noise is always the field's) */
+            position?: components["schemas"]["Position"] | null;
+            /**
+             * Projection
+             * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
+             * @default TAN
+             */
+            projection?: string;
+            /**
+             * Ra
+             * @description centre right ascension, ICRS [deg]
+             */
+            ra: number;
+            /**
+             * Rotation
+             * @description sky rotation, CROTA2 convention [deg]
+             * @default 0
+             */
+            rotation?: number;
+            /**
+             * Survey
+             * @description a survey configured with several epochs (name or alias)
+             */
+            survey: string;
+            /**
+             * Width
+             * @description output width [pixels]; the configured limits on width, height and total pixels apply
+             * @default 512
+             */
+            width?: number;
+        };
+        /** StatsResponse */
+        StatsResponse: {
+            /** @description numbers of the last epoch minus the first (null for one epoch) */
+            difference: components["schemas"]["DifferenceNumbers"] | null;
+            /**
+             * Epochs
+             * @description numbers of each epoch, in the order asked
+             */
+            epochs: components["schemas"]["EpochNumbers"][];
+            /**
+             * Survey
+             * @description the survey as requested
+             */
+            survey: string;
+        };
+        /**
+         * SurveyInfo
+         * @description One configured survey, as ``GET /v1/surveys`` lists it.
+         */
+        SurveyInfo: {
+            /**
+             * Aliases
+             * @description other names it answers to; surveys sharing one are epochs of it
+             */
+            aliases: string[];
+            /**
+             * Available
+             * @description false when its properties cannot be read now (see detail)
+             */
+            available: boolean;
+            /**
+             * Colour
+             * @description true for colour tiles (the colormap is ignored)
+             */
+            colour?: boolean | null;
+            /**
+             * Default
+             * @description true for the survey used when a request names none
+             */
+            default: boolean;
+            /**
+             * Detail
+             * @description why it is not available
+             */
+            detail?: string | null;
+            /**
+             * Epoch
+             * @description its epoch, when configured (what `epoch` takes)
+             */
+            epoch: string | null;
+            /**
+             * Frame
+             * @description HiPS frame: icrs, galactic or ecliptic
+             */
+            frame?: string | null;
+            /**
+             * Initialdec
+             * @description suggested first view: declination, ICRS [deg]
+             */
+            initialDec?: number | null;
+            /**
+             * Initialfovdeg
+             * @description suggested first field of view [deg]
+             */
+            initialFovDeg?: number | null;
+            /**
+             * Initialra
+             * @description suggested first view: right ascension, ICRS [deg]
+             */
+            initialRa?: number | null;
+            /**
+             * Name
+             * @description the survey's configured name (what `survey` takes)
+             */
+            name: string;
+            /**
+             * Ordermax
+             * @description deepest tile order (hips_order)
+             */
+            orderMax?: number | null;
+            /**
+             * Ordermin
+             * @description shallowest tile order (hips_order_min)
+             */
+            orderMin?: number | null;
+            /**
+             * Tilewidth
+             * @description tile side [pixels]
+             */
+            tileWidth?: number | null;
+            /**
+             * Title
+             * @description obs_title from its HiPS properties
+             */
+            title?: string | null;
+        };
+        /**
+         * SurveyList
+         * @description ``GET /v1/surveys``: the survey catalogue, in configuration order (the first is the default).
+         */
+        SurveyList: {
+            /** Surveys */
+            surveys: components["schemas"]["SurveyInfo"][];
+        };
         /** ValidationError */
         ValidationError: {
             /** Context */
@@ -557,80 +1303,35 @@ export interface operations {
     hips2fits_get_hips2fits_get: {
         parameters: {
             query?: {
-                /**
-                 * @description survey name or HiPS ID (required)
-                 * @example {}
-                 */
+                /** @description survey name or HiPS ID (required) */
                 hips?: string | null;
-                /**
-                 * @description output width [pixels]
-                 * @example {}
-                 */
+                /** @description output width [pixels] */
                 width?: string | null;
-                /**
-                 * @description output height [pixels]
-                 * @example {}
-                 */
+                /** @description output height [pixels] */
                 height?: string | null;
-                /**
-                 * @description wcslib projection code
-                 * @example {}
-                 */
+                /** @description wcslib projection code */
                 projection?: string | null;
-                /**
-                 * @description field of view, larger side [deg]
-                 * @example {}
-                 */
+                /** @description field of view, larger side [deg] */
                 fov?: string | null;
-                /**
-                 * @description centre right ascension, ICRS [deg]
-                 * @example {}
-                 */
+                /** @description centre right ascension, ICRS [deg] */
                 ra?: string | null;
-                /**
-                 * @description centre declination, ICRS [deg]
-                 * @example {}
-                 */
+                /** @description centre declination, ICRS [deg] */
                 dec?: string | null;
-                /**
-                 * @description icrs | galactic: frame of the projection
-                 * @example {}
-                 */
+                /** @description icrs | galactic: frame of the projection */
                 coordsys?: string | null;
-                /**
-                 * @description rotation [deg]
-                 * @example {}
-                 */
+                /** @description rotation [deg] */
                 rotation_angle?: string | null;
-                /**
-                 * @description JSON FITS header with NAXIS1/NAXIS2, instead of the field
-                 * @example {}
-                 */
+                /** @description JSON FITS header with NAXIS1/NAXIS2, instead of the field */
                 wcs?: string | null;
-                /**
-                 * @description fits | jpg | png
-                 * @example {}
-                 */
+                /** @description fits | jpg | png */
                 format?: string | null;
-                /**
-                 * @description lower cut: value, or percent like '0.5%'
-                 * @example {}
-                 */
+                /** @description lower cut: value, or percent like '0.5%' */
                 min_cut?: string | null;
-                /**
-                 * @description upper cut: value, or percent like '99.5%'
-                 * @example {}
-                 */
+                /** @description upper cut: value, or percent like '99.5%' */
                 max_cut?: string | null;
-                /**
-                 * @description power | linear | sqrt | log | asinh
-                 * @example {}
-                 */
+                /** @description linear | sqrt | log | asinh | power */
                 stretch?: string | null;
-                /**
-                 * @description matplotlib colormap name
-                 * @example {}
-                 */
+                /** @description matplotlib colormap name */
                 cmap?: string | null;
             };
             header?: never;
@@ -929,6 +1630,323 @@ export interface operations {
             };
         };
     };
+    composite_v1_composite_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CompositeRequest"];
+            };
+        };
+        responses: {
+            /** @description the picture; WCS in X-WCS */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": unknown;
+                    "image/jpeg": unknown;
+                    "image/png": unknown;
+                };
+            };
+            /** @description invalid input: layers, epochs, options, or a field outside coverage */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unknown survey or epoch */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the body does not match the schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream returned errors or unusable tiles */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable or service overloaded */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream too slow */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    epoch_blink_v1_epochs_blink_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BlinkRequest"];
+            };
+        };
+        responses: {
+            /** @description one frame per epoch, looping; WCS in X-WCS */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/apng": unknown;
+                    "image/gif": unknown;
+                };
+            };
+            /** @description invalid input: layers, epochs, options, or a field outside coverage */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unknown survey or epoch */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the body does not match the schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream returned errors or unusable tiles */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable or service overloaded */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream too slow */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    epoch_difference_v1_epochs_difference_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DifferenceRequest"];
+            };
+        };
+        responses: {
+            /** @description later minus earlier; WCS in X-WCS */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fits": unknown;
+                    "image/jpeg": unknown;
+                    "image/png": unknown;
+                };
+            };
+            /** @description invalid input: layers, epochs, options, or a field outside coverage */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unknown survey or epoch */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the body does not match the schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream returned errors or unusable tiles */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable or service overloaded */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream too slow */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    epoch_stats_v1_epochs_stats_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StatsRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatsResponse"];
+                };
+            };
+            /** @description invalid input: layers, epochs, options, or a field outside coverage */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unknown survey or epoch */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the body does not match the schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream returned errors or unusable tiles */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable or service overloaded */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream too slow */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     preview_v1_preview_post: {
         parameters: {
             query?: never;
@@ -1035,6 +2053,26 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+        };
+    };
+    surveys_v1_surveys_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SurveyList"];
                 };
             };
         };

@@ -411,10 +411,10 @@ function writeHash() {
   history.replaceState(null, "", `#${p.toString()}`);
 }
 
-/** The view a URL's hash describes (fields it does not name keep their value). */
+/** The view a URL's hash describes (fields it does not name take their defaults). */
 function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
-  const v = { ...state.view };
+  const v = { ...DEFAULT_VIEW };
   for (const [k, field] of Object.entries(HASH_KEYS)) {
     if (!p.has(k)) continue;
     const raw = p.get(k);
@@ -434,6 +434,7 @@ function readHash() {
 
 window.addEventListener("hashchange", () => {
   state.view = readHash();
+  resolveSurvey();
   syncControls();
   jumped();
 });
@@ -573,6 +574,29 @@ function setupControls() {
   });
 }
 
+/**
+ * The view's survey as configured: a name the catalogue does not have falls back to the
+ * default; the epoch is the named survey's (names are unique, so the URL need not say it).
+ * A URL without a position starts where the survey's properties suggest (hips_initial_*).
+ */
+function resolveSurvey() {
+  const v = state.view;
+  if (!state.surveys.length) return;
+  if (v.survey && !entryOf(v.survey)) {
+    showError(`no survey "${v.survey}" here; showing the default`);
+    v.survey = "";
+  }
+  const entry = entryOf(v.survey) || state.surveys[0];
+  v.survey = entry.name;
+  v.epoch = entry.epoch || "";
+  const p = new URLSearchParams(location.hash.slice(1));
+  if (!p.has("ra") && !p.has("dec") && entry.initialRa != null && entry.initialDec != null) {
+    v.ra = entry.initialRa;
+    v.dec = entry.initialDec;
+    if (!p.has("fov") && entry.initialFovDeg) v.fovDeg = Math.min(MAX_FOV[v.projection], entry.initialFovDeg);
+  }
+}
+
 async function loadSurveys() {
   try {
     const response = await fetch("v1/surveys");
@@ -583,22 +607,7 @@ async function loadSurveys() {
     state.surveys = [];
   }
   state.groups = groupSurveys(state.surveys);
-  if (state.view.survey && !entryOf(state.view.survey)) {
-    showError(`no survey "${state.view.survey}" here; showing the default`);
-    state.view.survey = "";
-  }
-  if (!state.view.survey && state.surveys.length) {
-    const first = state.surveys[0];
-    state.view.survey = first.name;
-    state.view.epoch = first.epoch || "";
-    // No view in the URL: start where the survey's properties suggest (hips_initial_*).
-    const p = new URLSearchParams(location.hash.slice(1));
-    if (!p.has("ra") && first.initialRa != null && first.initialDec != null) {
-      state.view.ra = first.initialRa;
-      state.view.dec = first.initialDec;
-      if (first.initialFovDeg) state.view.fovDeg = Math.min(MAX_FOV[state.view.projection], first.initialFovDeg);
-    }
-  }
+  resolveSurvey();
   fillSurveys();
 }
 
