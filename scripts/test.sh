@@ -20,3 +20,4 @@ export XDG_RUNTIME_DIR="$(mktemp -d)"  # Mesa wants a private 0700 runtime dir
 .venv/bin/python bench/bench_core.py --short
 .venv/bin/python bench/bench_service.py --short
 .venv/bin/python bench/bench_layers.py --short
+.venv/bin/python bench/bench_viewer.py --short

@@ -121,6 +121,16 @@ async function main(): Promise<number> {
     assert(h.ok === (h.body.status === "ok"), `ok ${h.ok} but status ${String(h.body.status)}`);
     return `status ${String(h.body.status)}`;
   });
+  await check("GET /v1/surveys", async () => {
+    const list = await sky.surveys();
+    assert(list.length > 0 && list.filter((s) => s.default).length === 1, "one default survey");
+    for (const s of list) {
+      assert(typeof s.name === "string" && Array.isArray(s.aliases), `survey ${JSON.stringify(s)}`);
+      if (s.available) assert(Number.isInteger(s.orderMax) && (s.tileWidth ?? 0) > 0, `${s.name}: orders`);
+    }
+    if (survey) assert(list.some((s) => s.name === survey), `${survey} not listed`);
+    return list.map((s) => `${s.name}${s.epoch ? `@${s.epoch}` : ""}`).join(", ");
+  });
   await check("GET /v1/stats", async () => {
     const s = await sky.stats();
     assert(typeof s.cache === "object" && s.cache !== null, "no cache counters");

@@ -20,6 +20,8 @@ export type ManifestRequest = Schemas["ManifestRequest"];
 export type ManifestResponse = Schemas["ManifestResponse"];
 export type WcsValidateResponse = Schemas["WcsValidateResponse"];
 export type ErrorBody = Schemas["ErrorBody"];
+export type SurveyList = Schemas["SurveyList"];
+export type SurveyInfo = Schemas["SurveyInfo"];
 export type Hips2FitsQuery = NonNullable<paths["/hips2fits"]["get"]["parameters"]["query"]>;
 
 /** The raw openapi-fetch client, typed by the OpenAPI document. */
@@ -142,6 +144,11 @@ export class SkyrenderService {
     const { data, error, response } = await this.client.GET("/healthz");
     if (response.status !== 200 && response.status !== 503) fail(response, error);
     return { ok: response.status === 200, body: (data ?? error) as Record<string, unknown> };
+  }
+
+  /** `GET /v1/surveys`: the configured surveys (the first is the default) and their properties. */
+  async surveys(): Promise<SurveyInfo[]> {
+    return json(await this.client.GET("/v1/surveys")).surveys;
   }
 
   /** `GET /v1/stats`: tile cache counters. */

@@ -94,7 +94,8 @@ const round = (x, places) => Math.round(x * 10 ** places) / 10 ** places;
 function cutValue(text) {
   const s = String(text || "").trim();
   if (!s) return null;
-  return s.endsWith("%") ? s : Number(s);
+  const x = Number(s);
+  return Number.isFinite(x) ? x : s; // "99.5%", or something the service will explain
 }
 
 /** Ask for a picture of the current view (soon, or now), aborting one no longer needed. */
@@ -270,11 +271,45 @@ function zoomAt(px, py, k) {
   if (Math.abs(k - 1) < 1e-9) return;
   const cx = state.width / 2;
   const cy = state.height / 2;
-  const centre = currentWcs().canvasToWorld(px + (cx - px) / k, py + (cy - py) / k);
+  const before = currentWcs();
+  const held = before.canvasToWorld(px, py);
+  const centre = before.canvasToWorld(px + (cx - px) / k, py + (cy - py) / k);
   if (centre) [v.ra, v.dec] = centre;
   v.fovDeg = fov;
+  if (held && centre) holdUnder(px, py, held);
   affineNow = then(affineNow, { s: k, tx: px * (1 - k), ty: py * (1 - k) });
   changed();
+}
+
+/**
+ * Nudge the view's centre so that the sky position `target` [deg] is exactly under the
+ * canvas point (px, py): the pixel-space zoom is exact only on a flat sky. Each step turns
+ * the centre by the rotation taking where (px, py) points now onto the target.
+ */
+function holdUnder(px, py, target) {
+  const v = state.view;
+  const unit = ([lon, lat]) => {
+    const a = (lon * Math.PI) / 180;
+    const b = (lat * Math.PI) / 180;
+    return [Math.cos(b) * Math.cos(a), Math.cos(b) * Math.sin(a), Math.sin(b)];
+  };
+  const t = unit(target);
+  for (let i = 0; i < 4; i++) {
+    const now = currentWcs().canvasToWorld(px, py);
+    if (!now) return;
+    const s = unit(now);
+    const axis = [s[1] * t[2] - s[2] * t[1], s[2] * t[0] - s[0] * t[2], s[0] * t[1] - s[1] * t[0]];
+    const sin = Math.hypot(...axis);
+    if (sin < 1e-12) return;
+    const cos = s[0] * t[0] + s[1] * t[1] + s[2] * t[2];
+    const k = axis.map((x) => x / sin);
+    const c = unit([v.ra, v.dec]);
+    const kc = k[0] * c[0] + k[1] * c[1] + k[2] * c[2];
+    const kxc = [k[1] * c[2] - k[2] * c[1], k[2] * c[0] - k[0] * c[2], k[0] * c[1] - k[1] * c[0]];
+    const r = c.map((x, j) => x * cos + kxc[j] * sin + k[j] * kc * (1 - cos)); // Rodrigues
+    v.ra = ((Math.atan2(r[1], r[0]) * 180) / Math.PI + 360) % 360;
+    v.dec = (Math.asin(Math.max(-1, Math.min(1, r[2]))) * 180) / Math.PI;
+  }
 }
 
 function changed(now = false) {
