@@ -40,8 +40,17 @@ def installed():
 @pytest.fixture(scope="module")
 def app(upstream):
     args = {
-        "surveys": [{"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"}],
+        "surveys": [
+            {"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red", "epoch": "1.1", "aliases": ["dss"]},
+            # A second "epoch" with other pixels (the shared data has one epoch per survey): a blink
+            # of identical frames is one frame (Pillow merges equal frames).
+            {"name": "e2", "url": f"{upstream.url}/cds-spitzer-irac4", "epoch": "2.1", "aliases": ["dss"]},
+            {"name": "irac4", "url": f"{upstream.url}/cds-spitzer-irac4"},
+            {"name": "planck143", "url": f"{upstream.url}/cds-planck-hfi143"},
+        ],
         "build_sample_survey": False,
+        # The first renders of a fresh application on a busy shared machine can take seconds.
+        "upstream": {"request_deadline_s": 30.0},
     }
     served = ServeApp(args)
     yield served
@@ -75,7 +84,10 @@ def test_example_calls_every_endpoint(installed, app):
     if not (CLIENT / "dist" / "examples" / "every-endpoint.js").is_file():
         run([str(CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json"])
     out = subprocess.run(
-        [NODE, "dist/examples/every-endpoint.js", app.url, "dss2-red", "266.4", "-28.9", "4"],
+        [
+            NODE, "dist/examples/every-endpoint.js", app.url, "dss2-red", "266.4", "-28.9", "4",
+            "dss", "dss2-red,irac4,planck143",
+        ],  # fmt: skip
         cwd=CLIENT,
         capture_output=True,
         text=True,

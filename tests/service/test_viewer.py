@@ -37,7 +37,9 @@ GC_HASH = "ra=266.4&dec=-28.9&fov=6&proj=TAN&survey=dss2-red&cmap=gray&stretch=l
 @pytest.fixture(scope="module")
 def app(upstream):
     surveys = [{**s, "url": f"{upstream.url}/{s['url']}"} for s in SURVEYS]
-    served = ServeApp({"surveys": surveys, "build_sample_survey": False})
+    # The first renders of a fresh application on a busy shared machine can take seconds.
+    args = {"surveys": surveys, "build_sample_survey": False, "upstream": {"request_deadline_s": 30.0}}
+    served = ServeApp(args)
     yield served
     served.close()
 

@@ -1,7 +1,11 @@
 /**
  * Every endpoint of skyrender's API called once through the typed client, each answer checked.
  *
- *   node dist/examples/every-endpoint.js http://127.0.0.1:8000 [survey] [ra] [dec] [fovDeg]
+ *   node dist/examples/every-endpoint.js http://127.0.0.1:8000 [survey] [ra] [dec] [fovDeg] \
+ *       [epochSurvey] [layer1,layer2,layer3]
+ *
+ * `survey` is one survey, `epochSurvey` one configured with two or more epochs (name or alias),
+ * and the three layers are surveys covering the same field (for RGB, overlay and contours).
  *
  * Prints one JSON line {checks: [{endpoint, ok, detail}]} and exits 1 if any check failed.
  * The `PortalSkyService` below is how a NestJS service of the portal would use the client.
@@ -51,7 +55,9 @@ function assert(condition: unknown, message: string): asserts condition {
 }
 
 async function main(): Promise<number> {
-  const [base = "http://127.0.0.1:8000", survey, ra = "266.4", dec = "-28.9", fov = "4"] = process.argv.slice(2);
+  const argv = process.argv.slice(2);
+  const [base = "http://127.0.0.1:8000", survey, ra = "266.4", dec = "-28.9", fov = "4", epochSurvey] = argv;
+  const layerSurveys = (argv[6] ?? "").split(",").filter(Boolean);
   const field = { ra: Number(ra), dec: Number(dec), fovDeg: Number(fov) };
   const sky = new SkyrenderService(base);
   const portal = new PortalSkyService(sky);
@@ -145,6 +151,51 @@ async function main(): Promise<number> {
     assert(/NAXIS1\s*=\s*200\b/.test(text) && /NAXIS2\s*=\s*100\b/.test(text), "FITS size");
     assert(fits.bytes.length % 2880 === 0, "FITS not in 2880-byte blocks");
     return `FITS ${fits.bytes.length} bytes`;
+  });
+
+  const small = { ...field, width: 240, height: 180 };
+  const layers = layerSurveys.map((name) => ({ survey: name, scale: "asinh" as const }));
+  await check("POST /v1/composite", async () => {
+    assert(layers.length === 3, "give three layer surveys (argument 7, comma separated)");
+    const rgb = await sky.composite({ ...small, mode: "rgb", layers });
+    return `rgb ${expectPng(rgb, 240, 180)}`;
+  });
+  await check("POST /v1/composite (contours, geojson)", async () => {
+    const [base0, over] = layers;
+    assert(base0 && over, "two layers needed");
+    const lines = await sky.contourLines({ ...small, layers: [base0, over], contours: { levels: [3, 5] } });
+    assert(lines.type === "FeatureCollection" && lines.features.length > 0, "no contour features");
+    const first = lines.features[0];
+    assert(first && typeof first.geometry.type === "string", "feature without geometry");
+    return `${lines.features.length} features, ${first.geometry.type}`;
+  });
+  const epochs = { ...small, survey: epochSurvey ?? "" };
+  await check("POST /v1/epochs/difference", async () => {
+    assert(epochSurvey, "give a survey with epochs (argument 6)");
+    const diff = await sky.epochDifference({ ...epochs, format: "fits" });
+    const text = new TextDecoder().decode(diff.bytes.subarray(0, 2880));
+    assert(text.startsWith("SIMPLE  =                    T") && /BITPIX\s*=\s*-32\b/.test(text), "not float FITS");
+    assert(/NAXIS1\s*=\s*240\b/.test(text) && /NAXIS2\s*=\s*180\b/.test(text), "FITS size");
+    return `float32 FITS ${diff.bytes.length} bytes`;
+  });
+  await check("POST /v1/epochs/blink", async () => {
+    const blink = await sky.epochBlink({ ...epochs, format: "apng", frameMs: 500 });
+    const info = expectPng(blink.bytes, 240, 180);
+    const chunks = new TextDecoder("latin1").decode(blink.bytes);
+    const actl = chunks.indexOf("acTL");
+    assert(actl > 0 && actl < chunks.indexOf("IDAT"), "not animated (no acTL before the first IDAT)");
+    assert(blink.contentType === "image/apng", `content-type ${blink.contentType}`);
+    return `APNG ${info}`;
+  });
+  await check("POST /v1/epochs/stats", async () => {
+    const stats = await sky.epochStats(epochs);
+    assert(stats.epochs.length >= 2, `${stats.epochs.length} epochs`);
+    for (const e of stats.epochs) {
+      assert(typeof e.epoch === "string" && e.pixels > 0, `epoch ${JSON.stringify(e)}`);
+      assert(e.noise === null || e.noise >= 0, "negative noise");
+    }
+    assert(stats.difference !== null && stats.difference !== undefined, "no difference numbers");
+    return `${stats.epochs.map((e) => `${e.epoch}: median ${e.median}`).join(", ")}`;
   });
 
   console.log(JSON.stringify({ checks }));

@@ -21,6 +21,11 @@ export type ManifestResponse = Schemas["ManifestResponse"];
 export type WcsValidateResponse = Schemas["WcsValidateResponse"];
 export type ErrorBody = Schemas["ErrorBody"];
 export type SurveyList = Schemas["SurveyList"];
+export type CompositeRequest = Schemas["CompositeRequest"];
+export type DifferenceRequest = Schemas["DifferenceRequest"];
+export type BlinkRequest = Schemas["BlinkRequest"];
+export type StatsRequest = Schemas["StatsRequest"];
+export type StatsResponse = Schemas["StatsResponse"];
 export type SurveyInfo = Schemas["SurveyInfo"];
 export type Hips2FitsQuery = NonNullable<paths["/hips2fits"]["get"]["parameters"]["query"]>;
 
@@ -29,6 +34,16 @@ export type SkyrenderClient = Client<paths>;
 
 export function createSkyrenderClient(baseUrl: string, init: { headers?: HeadersInit } = {}): SkyrenderClient {
   return createClient<paths>({ baseUrl: baseUrl.replace(/\/$/, ""), headers: init.headers });
+}
+
+/** Contour lines as GeoJSON (RFC 7946): one feature per level, coordinates [ra, dec] in degrees. */
+export interface GeoJsonContours {
+  type: "FeatureCollection";
+  features: {
+    type: "Feature";
+    geometry: { type: string; coordinates: unknown };
+    properties: Record<string, unknown>;
+  }[];
 }
 
 /** An image the service rendered. */
@@ -113,6 +128,35 @@ export class SkyrenderService {
   /** `POST /render/preview`: the given tiles (one survey, one order) as a PNG. */
   async renderTiles(body: RenderTilesRequest): Promise<RenderedImage> {
     return image(await this.client.POST("/render/preview", { body, parseAs: "arrayBuffer" }));
+  }
+
+  /** `POST /v1/composite`: layers combined on one grid (rgb, lupton, overlay, contours) as PNG or JPEG. */
+  async composite(body: CompositeRequest): Promise<RenderedImage> {
+    return image(await this.client.POST("/v1/composite", { body, parseAs: "arrayBuffer" }));
+  }
+
+  /** `POST /v1/composite` with `mode: contours, format: geojson`: the contour lines in RA/Dec [deg]. */
+  async contourLines(body: Omit<CompositeRequest, "mode" | "format">): Promise<GeoJsonContours> {
+    const result = await this.client.POST("/v1/composite", {
+      body: { ...body, mode: "contours", format: "geojson" },
+      parseAs: "json",
+    });
+    return json(result) as GeoJsonContours;
+  }
+
+  /** `POST /v1/epochs/difference`: later minus earlier epoch on one grid (PNG, JPEG or float32 FITS). */
+  async epochDifference(body: DifferenceRequest): Promise<RenderedImage> {
+    return image(await this.client.POST("/v1/epochs/difference", { body, parseAs: "arrayBuffer" }));
+  }
+
+  /** `POST /v1/epochs/blink`: one frame per epoch as an animated PNG or GIF. */
+  async epochBlink(body: BlinkRequest): Promise<RenderedImage> {
+    return image(await this.client.POST("/v1/epochs/blink", { body, parseAs: "arrayBuffer" }));
+  }
+
+  /** `POST /v1/epochs/stats`: per-epoch peak, median, robust noise and the significance of the change. */
+  async epochStats(body: StatsRequest): Promise<StatsResponse> {
+    return json(await this.client.POST("/v1/epochs/stats", { body }));
   }
 
   /** `POST /v1/tile-manifest`: the tiles of a survey covering a field. */
