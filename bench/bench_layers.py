@@ -131,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     stats = ("/v1/epochs/stats", {**magpis, "survey": "magpis", "epochs": ["1", "2"]})
     try:
         for call in (preview_gc, rgb, preview_epoch, difference, contours, blink, stats):  # warm tiles
-            for _ in range(2):
-                _post(http, *call)
+            warm = 0
+            for _ in range(6):  # a busy machine may time the first (cold) ones out
+                try:
+                    _post(http, *call)
+                    warm += 1
+                except RuntimeError as exc:
+                    print(f"# warm-up: {exc}", file=sys.stderr)
+                if warm == 2:
+                    break
         mode = "short" if args.short else "full"
         print(f"# skyrender multi-layer benchmark ({mode}), loopback, warm tiles, shared 2-core machine")
         print(f"{'measurement (1024x768)':<52}{'p50 ms':>9}{'p95 ms':>9}")
