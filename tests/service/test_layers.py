@@ -42,7 +42,9 @@ def app(upstream, epochs):
         {"name": "planck143", "url": f"{upstream.url}/cds-planck-hfi143"},
         {"name": "dss2-color", "url": f"{upstream.url}/cds-dss2-color"},
     ]
-    served = ServeApp({"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4}})
+    # Correctness, not deadlines, is tested here: a busy machine's cold first renders get 30 s.
+    args = {"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4}}
+    served = ServeApp({**args, "upstream": {"request_deadline_s": 30.0}})
     yield served
     served.close()
 
