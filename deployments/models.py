@@ -151,6 +151,9 @@ class SurveyInfo(BaseModel):
     orderMax: int | None = Field(None, description="deepest tile order (hips_order)")
     tileWidth: int | None = Field(None, description="tile side [pixels]")
     colour: bool | None = Field(None, description="true for colour tiles (the colormap is ignored)")
+    tileFormat: str | None = Field(
+        None, description="the tile format renders read: fits (data values) or jpeg/png (pixel colours)"
+    )
     initialRa: float | None = Field(None, description="suggested first view: right ascension, ICRS [deg]")
     initialDec: float | None = Field(None, description="suggested first view: declination, ICRS [deg]")
     initialFovDeg: float | None = Field(None, description="suggested first field of view [deg]")

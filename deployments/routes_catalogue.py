@@ -31,6 +31,7 @@ async def _describe(svc: Services, cfg: SurveyConfig, default: bool) -> SurveyIn
         orderMax=survey.order,
         tileWidth=survey.tile_width,
         colour=survey.is_colour,
+        tileFormat=survey.data_format,
         initialRa=survey.initial_ra,
         initialDec=survey.initial_dec,
         initialFovDeg=survey.initial_fov,

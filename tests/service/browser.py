@@ -81,14 +81,20 @@ def wait_idle(driver, timeout_s: float = 60.0) -> None:
         raise TimeoutError(f"{exc}; the page: {state}; console: {driver.get_log('browser')}") from None
 
 
-def preview_requests(driver) -> list[dict[str, Any]]:
-    """Bodies of the ``POST /v1/preview`` requests the page sent since the last call (network log)."""
-    bodies = []
+def api_requests(driver) -> list[tuple[str, dict[str, Any]]]:
+    """(path, JSON body) of the POST requests the page sent since the last call (network log)."""
+    sent = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message.get("method") != "Network.requestWillBeSent":
             continue
         request = message["params"]["request"]
-        if request["url"].endswith("/v1/preview") and request["method"] == "POST":
-            bodies.append(json.loads(request["postData"]))
-    return bodies
+        if request["method"] == "POST" and "postData" in request:
+            path = "/" + request["url"].split("/", 3)[3]
+            sent.append((path, json.loads(request["postData"])))
+    return sent
+
+
+def preview_requests(driver) -> list[dict[str, Any]]:
+    """Bodies of the ``POST /v1/preview`` requests the page sent since the last call (network log)."""
+    return [body for path, body in api_requests(driver) if path == "/v1/preview"]

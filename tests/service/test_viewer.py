@@ -28,7 +28,9 @@ SURVEYS = [
     {"name": "dss2-red", "url": "cds-dss2-red", "epoch": "1.1", "aliases": ["dss"]},
     {"name": "gaia-rv", "url": "cds-gaia-dr2-rv"},
     {"name": "dss2-color", "url": "cds-dss2-color"},
-    {"name": "dss2-red-e2", "url": "cds-dss2-red", "epoch": "2.1", "aliases": ["dss"]},
+    # A second epoch with other pixels (the shared data has one epoch per survey).
+    {"name": "dss2-red-e2", "url": "cds-spitzer-irac4", "epoch": "2.1", "aliases": ["dss"]},
+    {"name": "irac4", "url": "cds-spitzer-irac4"},
 ]
 # The Galactic centre in DSS2 red (FITS tiles: the colormap applies).
 GC_HASH = "ra=266.4&dec=-28.9&fov=6&proj=TAN&survey=dss2-red&cmap=gray&stretch=linear"
@@ -93,7 +95,7 @@ def test_page_loads_without_console_errors(app, driver):
     from selenium.webdriver.support.ui import Select
 
     surveys = [o.text for o in Select(driver.find_element("id", "survey")).options]
-    assert surveys == ["dss", "gaia-rv", "dss2-color"]  # the two dss2-red epochs are one survey
+    assert surveys == ["dss", "gaia-rv", "dss2-color", "irac4"]  # the two dss epochs are one survey
     epochs = [o.text for o in Select(driver.find_element("id", "epoch")).options]
     assert epochs == ["1.1", "2.1"]
     assert driver.find_element("id", "epoch-row").is_displayed()
@@ -114,11 +116,13 @@ def test_surveys_endpoint_lists_the_catalogue(app):
         ("gaia-rv", None, [], False),
         ("dss2-color", None, [], False),
         ("dss2-red-e2", "2.1", ["dss"], False),
+        ("irac4", None, [], False),
     ]
     by_name = {s["name"]: s for s in body["surveys"]}
     assert by_name["dss2-red"]["frame"] == "icrs" and by_name["dss2-red"]["orderMax"] == 3
     assert by_name["dss2-red"]["tileWidth"] == 512 and by_name["dss2-red"]["colour"] is False
     assert by_name["dss2-color"]["colour"] is True and by_name["dss2-color"]["orderMax"] == 7
+    assert by_name["dss2-red"]["tileFormat"] == "fits" and by_name["dss2-color"]["tileFormat"] == "jpeg"
     assert by_name["gaia-rv"]["title"] and by_name["gaia-rv"]["available"] is True
 
 
@@ -263,3 +267,49 @@ def test_api_errors_are_shown_as_text(app, driver):
     assert canvas_pixels(driver)[200:400, 300:700].mean() > 0.2 * picture[200:400, 300:700].mean()
     r = httpx.post(f"{app.url}/v1/preview", json={"ra": 0, "dec": 0, "fovDeg": 1, "maxCut": "lots"})
     assert r.status_code == 422  # the same answer the page explained
+
+
+def test_layers_epochs_contours_and_colour(app, driver):
+    from selenium.webdriver.support.ui import Select
+
+    open_view(driver, app, GC_HASH + "&stretch=asinh")
+    single = canvas_pixels(driver)
+    region = (slice(150, 450), slice(300, 700))
+    seen = []
+    for mode, path in (
+        ("difference", "/v1/epochs/difference"),
+        ("contours", "/v1/composite"),
+        ("rgb", "/v1/composite"),
+        ("blink", "/v1/epochs/blink"),
+    ):
+        Select(driver.find_element("id", "mode")).select_by_value(mode)
+        browser.wait_idle(driver)
+        sent = browser.api_requests(driver)
+        assert sent and sent[-1][0] == path, (mode, sent)
+        body = sent[-1][1]
+        assert (body["ra"], body["dec"], body["fovDeg"]) == (266.4, -28.9, 6)
+        assert driver.find_element("id", "error").text == ""
+        assert f"mode={mode}" in driver.current_url
+        seen.append((mode, body))
+        r = app.client.post(path, json=body)
+        assert r.status_code == 200 and "x-wcs" in r.headers, (mode, r.text[:300])
+        if mode == "blink":
+            anim = driver.find_element("id", "anim")
+            assert anim.is_displayed() and anim.get_attribute("src").startswith("blob:")
+            loaded = "return arguments[0].complete && arguments[0].naturalWidth"
+            assert driver.execute_script(loaded, anim) == 1000
+        else:
+            shown = canvas_pixels(driver)
+            assert np.abs(shown[region] - single[region]).mean() > 5, mode  # a different picture
+    bodies = dict(seen)
+    assert bodies["difference"]["survey"] == "dss" and bodies["difference"]["epochs"] == ["1.1", "2.1"]
+    assert bodies["blink"]["epochs"] == ["1.1", "2.1"] and bodies["blink"]["format"] == "apng"
+    contours = bodies["contours"]
+    assert contours["mode"] == "contours" and contours["contours"]["levels"] == [3, 5, 10, 20]
+    assert [layer["survey"] for layer in contours["layers"]] == ["dss2-red", "irac4"]
+    assert contours["layers"][0]["epoch"] == "1.1"
+    assert [layer["survey"] for layer in bodies["rgb"]["layers"]] == ["dss2-red", "irac4", "dss2-red-e2"]
+    # The readout still reads the picture's X-WCS in a layers mode.
+    canvas = driver.find_element("id", "sky")
+    actions(driver).move_to_element_with_offset(canvas, 100, 50).perform()
+    assert browser.wait_for(lambda: driver.find_element("id", "radec-deg").text != "–", what="readout")

@@ -1205,6 +1205,11 @@ export interface components {
              */
             orderMin?: number | null;
             /**
+             * Tileformat
+             * @description the tile format renders read: fits (data values) or jpeg/png (pixel colours)
+             */
+            tileFormat?: string | null;
+            /**
              * Tilewidth
              * @description tile side [pixels]
              */

@@ -34,7 +34,18 @@ const DEFAULT_VIEW = {
   scale: "asinh",
   minCut: "",
   maxCut: "",
+  // Layers (POST v1/composite, v1/epochs/*): the mode and what it combines.
+  mode: "single",
+  epochA: "",
+  epochB: "",
+  contour: "",
+  levels: "3 5 10 20",
+  levelUnit: "sigma",
+  r: "",
+  g: "",
+  b: "",
 };
+const MODES = ["single", "difference", "blink", "contours", "rgb"];
 
 const state = {
   view: { ...DEFAULT_VIEW },
@@ -66,6 +77,69 @@ const note = (e) => {
   events.push({ ...e, t: performance.now() });
   if (events.length > 500) events.splice(0, events.length - 500);
 };
+
+/** What to ask for the current view: the endpoint and its JSON body. */
+function requestSpec() {
+  const v = state.view;
+  const field = {
+    ra: round(v.ra, 8),
+    dec: round(v.dec, 8),
+    fovDeg: round(v.fovDeg, 10),
+    width: state.width,
+    height: state.height,
+    projection: v.projection,
+  };
+  const cuts = {};
+  const min = cutValue(v.minCut);
+  const max = cutValue(v.maxCut);
+  if (min !== null) cuts.minCut = min;
+  if (max !== null) cuts.maxCut = max;
+  const group = groupOf(v.survey);
+  const epochs = v.epochA && v.epochB ? { epochs: [v.epochA, v.epochB] } : {};
+  switch (v.mode) {
+    case "difference":
+      return {
+        path: "v1/epochs/difference",
+        body: { ...field, survey: group ? group.label : v.survey, ...epochs, format: "png", scale: v.scale, ...cuts },
+      };
+    case "blink":
+      return {
+        path: "v1/epochs/blink",
+        body: {
+          ...field, survey: group ? group.label : v.survey, ...epochs, format: "apng", frameMs: 700,
+          colormap: v.colormap, scale: v.scale, ...cuts,
+        },
+      };
+    case "contours": {
+      const levels = String(v.levels).trim().split(/[\s,]+/).filter(Boolean).map((x) => Number(x));
+      return {
+        path: "v1/composite",
+        body: {
+          ...field, mode: "contours", format: "png",
+          layers: [layerOf(v.survey, { colormap: v.colormap, scale: v.scale, ...cuts }), layerOf(v.contour || v.survey)],
+          contours: { levels, levelUnit: v.levelUnit, color: "#7fff7f" },
+        },
+      };
+    }
+    case "rgb":
+      return {
+        path: "v1/composite",
+        body: { ...field, mode: "rgb", format: "png", layers: [v.r, v.g, v.b].map((n) => layerOf(n || v.survey, { scale: v.scale })) },
+      };
+    default:
+      return { path: "v1/preview", body: requestBody() };
+  }
+}
+
+/** A layer of a composite: a configured survey (by its unique name) and its epoch. */
+function layerOf(name, display = {}) {
+  const entry = entryOf(name);
+  const layer = { survey: name, ...display };
+  if (entry && entry.epoch) layer.epoch = entry.epoch;
+  return layer;
+}
+
+const keyOf = (spec) => `${spec.path} ${JSON.stringify(spec.body)}`;
 
 function requestBody() {
   const v = state.view;
@@ -112,35 +186,40 @@ function schedule(now = false) {
 
 async function request() {
   if (!state.width || !state.height) return;
-  const body = requestBody();
-  const key = JSON.stringify(body);
+  const spec = requestSpec();
+  const { body } = spec;
+  const key = keyOf(spec);
   if (inflight && inflight.key === key) return; // already on its way
   if (!inflight && shown && shown.key === key && !shown.stale) return; // already shown
   if (inflight) inflight.controller.abort();
   const controller = new AbortController();
   const mine = { controller, seq: ++seq, key, affine: { ...affineNow }, t0: performance.now() };
   inflight = mine;
-  note({ type: "request", seq: mine.seq, body });
+  note({ type: "request", seq: mine.seq, path: spec.path, body });
   $("busy").hidden = false;
   try {
-    const response = await fetch("v1/preview", {
+    const response = await fetch(spec.path, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: key,
+      body: JSON.stringify(body),
       signal: controller.signal,
     });
     if (!response.ok) throw new Error(await describeError(response));
     const header = response.headers.get("X-WCS");
     if (!header) throw new Error("the picture came without its X-WCS header");
     const wcs = new Wcs(JSON.parse(header));
-    const bitmap = await createImageBitmap(await response.blob());
+    const blob = await response.blob();
+    // An animation (blink) plays in an <img>; a still picture is drawn on the canvas.
+    const animated = spec.path.endsWith("/blink");
+    const bitmap = animated ? null : await createImageBitmap(blob);
     if (inflight !== mine) {
-      bitmap.close();
+      if (bitmap) bitmap.close();
       return;
     }
     inflight = null;
-    if (shown) shown.bitmap.close();
-    shown = { bitmap, wcs, affine: mine.affine, key, stale: false };
+    forget(shown);
+    const anim = animated ? URL.createObjectURL(blob) : null;
+    shown = { bitmap, anim, wcs, affine: mine.affine, key, stale: false };
     showError(null);
     draw();
     note({ type: "draw", seq: mine.seq, requestMs: performance.now() - mine.t0 });
@@ -158,6 +237,12 @@ async function request() {
   } finally {
     if (!inflight) $("busy").hidden = true;
   }
+}
+
+function forget(picture) {
+  if (!picture) return;
+  if (picture.bitmap) picture.bitmap.close();
+  if (picture.anim) URL.revokeObjectURL(picture.anim);
 }
 
 /** The API's {error, detail} as one readable line (pydantic's field errors listed). */
@@ -192,15 +277,22 @@ function showError(message) {
 function draw() {
   const dpr = window.devicePixelRatio || 1;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, state.width, state.height);
+  ctx.clearRect(0, 0, state.width, state.height); // the page behind is black
+  const img = $("anim");
+  img.hidden = !(shown && shown.anim);
   if (shown) {
     const t = screenOfShown();
-    ctx.globalAlpha = shown.stale ? 0.35 : 1;
-    ctx.imageSmoothingEnabled = t.s !== 1;
-    ctx.setTransform(dpr * t.s, 0, 0, dpr * t.s, dpr * t.tx, dpr * t.ty);
-    ctx.drawImage(shown.bitmap, 0, 0);
-    ctx.globalAlpha = 1;
+    if (shown.anim) {
+      if (img.getAttribute("src") !== shown.anim) img.src = shown.anim;
+      img.style.opacity = shown.stale ? "0.35" : "1";
+      img.style.transform = `matrix(${t.s}, 0, 0, ${t.s}, ${t.tx}, ${t.ty})`;
+    } else {
+      ctx.globalAlpha = shown.stale ? 0.35 : 1;
+      ctx.imageSmoothingEnabled = t.s !== 1;
+      ctx.setTransform(dpr * t.s, 0, 0, dpr * t.s, dpr * t.tx, dpr * t.ty);
+      ctx.drawImage(shown.bitmap, 0, 0);
+      ctx.globalAlpha = 1;
+    }
   }
   drawScaleBar();
   drawReadout();
@@ -325,7 +417,7 @@ function jumped() {
 }
 
 function endInteraction() {
-  const key = JSON.stringify(requestBody());
+  const key = keyOf(requestSpec());
   pendingEnd = { t: performance.now(), key };
   note({ type: "interaction-end", key });
   schedule(true);
@@ -431,6 +523,7 @@ function resize() {
 const HASH_KEYS = {
   ra: "ra", dec: "dec", fov: "fovDeg", proj: "projection", survey: "survey", epoch: "epoch",
   cmap: "colormap", stretch: "scale", min: "minCut", max: "maxCut",
+  mode: "mode", ea: "epochA", eb: "epochB", cs: "contour", lv: "levels", lu: "levelUnit", r: "r", g: "g", b: "b",
 };
 
 function writeHash() {
@@ -441,7 +534,8 @@ function writeHash() {
   p.set("fov", String(+v.fovDeg.toPrecision(7)));
   for (const [k, field] of Object.entries(HASH_KEYS)) {
     if (["ra", "dec", "fov"].includes(k)) continue;
-    if (v[field]) p.set(k, v[field]);
+    if (v[field] && v[field] !== DEFAULT_VIEW[field]) p.set(k, v[field]);
+    else if (v[field] && ["survey", "colormap", "scale", "projection"].includes(field)) p.set(k, v[field]);
   }
   history.replaceState(null, "", `#${p.toString()}`);
 }
@@ -463,6 +557,7 @@ function readHash() {
   v.ra = ((v.ra % 360) + 360) % 360;
   v.dec = Math.max(-90, Math.min(90, v.dec));
   if (!PROJECTIONS.includes(v.projection)) v.projection = "TAN";
+  if (!MODES.includes(v.mode)) v.mode = "single";
   v.fovDeg = Math.min(MAX_FOV[v.projection], Math.max(MIN_FOV, v.fovDeg));
   return v;
 }
@@ -507,6 +602,10 @@ function fillSurveys() {
   const select = $("survey");
   select.textContent = "";
   state.groups.forEach((g, i) => option(select, String(i), g.entries[0].available === false ? `${g.label} (unavailable)` : g.label));
+  for (const id of ["contour-survey", "rgb-r", "rgb-g", "rgb-b"]) {
+    $(id).textContent = "";
+    for (const e of state.surveys) option($(id), e.name, e.epoch ? `${e.name} (${e.epoch})` : e.name);
+  }
   syncControls();
 }
 
@@ -526,6 +625,26 @@ function syncControls() {
     $("colormap").disabled = Boolean(entry && entry.colour);
     $("colormap").title = entry && entry.colour ? "a colour survey keeps its own colours" : "";
   }
+  fillLayerDefaults();
+  const epochs = (group ? group.entries : []).filter((e) => e.epoch).map((e) => e.epoch);
+  for (const id of ["epoch-a", "epoch-b"]) {
+    $(id).textContent = "";
+    for (const e of epochs) option($(id), e);
+  }
+  $("mode").value = v.mode;
+  $("epoch-a").value = v.epochA;
+  $("epoch-b").value = v.epochB;
+  $("contour-survey").value = v.contour;
+  $("levels").value = v.levels;
+  $("level-unit").value = v.levelUnit;
+  $("rgb-r").value = v.r;
+  $("rgb-g").value = v.g;
+  $("rgb-b").value = v.b;
+  for (const el of document.querySelectorAll(".mode-opt")) el.hidden = !el.dataset.modes.split(" ").includes(v.mode);
+  if (["rgb", "difference"].includes(v.mode)) {
+    $("colormap").disabled = true;
+    $("colormap").title = v.mode === "rgb" ? "red, green and blue come from the layers" : "the difference has a diverging colormap";
+  }
   $("colormap").value = v.colormap;
   if ($("colormap").value !== v.colormap) {
     option($("colormap"), v.colormap);
@@ -535,6 +654,27 @@ function syncControls() {
   $("projection").value = v.projection;
   $("min-cut").value = v.minCut || "";
   $("max-cut").value = v.maxCut || "";
+}
+
+/** Sensible layers for a mode the URL or the user left unsaid: the two latest epochs, other surveys. */
+function fillLayerDefaults() {
+  const v = state.view;
+  const group = groupOf(v.survey);
+  const epochs = (group ? group.entries : []).filter((e) => e.epoch).map((e) => e.epoch);
+  if (!epochs.includes(v.epochA) || !epochs.includes(v.epochB)) {
+    v.epochA = epochs.length >= 2 ? epochs[epochs.length - 2] : "";
+    v.epochB = epochs.length >= 2 ? epochs[epochs.length - 1] : "";
+  }
+  const names = state.surveys.map((e) => e.name);
+  // Layers must be single-band: surveys with FITS tiles, other surveys first.
+  const band = state.surveys.filter((e) => !e.colour && e.tileFormat === "fits").map((e) => e.name);
+  const inGroup = (n) => Boolean(group && group.entries.some((e) => e.name === n));
+  const others = band.filter((n) => !inGroup(n));
+  if (!names.includes(v.contour)) v.contour = others[0] || v.survey;
+  const three = [...new Set([v.survey, ...others, ...band]), v.survey, v.survey].slice(0, 3);
+  if (!names.includes(v.r)) v.r = three[0] || "";
+  if (!names.includes(v.g)) v.g = three[1] || v.r;
+  if (!names.includes(v.b)) v.b = three[2] || v.g;
 }
 
 function pickSurvey(name) {
@@ -558,6 +698,32 @@ function setupControls() {
   for (const p of PROJECTIONS) option($("projection"), p);
   $("survey").addEventListener("change", (e) => pickSurvey(state.groups[Number(e.target.value)].entries[0].name));
   $("epoch").addEventListener("change", (e) => pickSurvey(e.target.value));
+  $("mode").addEventListener("change", (e) => {
+    state.view.mode = e.target.value;
+    syncControls();
+    jumped();
+  });
+  const layerFields = [
+    ["epoch-a", "epochA"], ["epoch-b", "epochB"], ["contour-survey", "contour"], ["level-unit", "levelUnit"],
+    ["rgb-r", "r"], ["rgb-g", "g"], ["rgb-b", "b"],
+  ];
+  for (const [id, field] of layerFields) {
+    $(id).addEventListener("change", (e) => {
+      state.view[field] = e.target.value;
+      changed(true);
+    });
+  }
+  $("levels").addEventListener("change", (e) => {
+    const levels = e.target.value.trim().split(/[\s,]+/).filter(Boolean);
+    const ok = levels.length > 0 && levels.every((x) => Number.isFinite(Number(x)));
+    e.target.classList.toggle("invalid", !ok);
+    if (!ok) {
+      showError(`contour levels: "${e.target.value}" is not a list of numbers`);
+      return;
+    }
+    state.view.levels = levels.join(" ");
+    changed(true);
+  });
   $("colormap").addEventListener("change", (e) => {
     state.view.colormap = e.target.value;
     changed(true);
@@ -652,7 +818,7 @@ window.skyViewer = {
   state,
   events,
   /** True when no picture is pending and the shown one is of the current view. */
-  idle: () => !timer && !inflight && Boolean(shown) && shown.key === JSON.stringify(requestBody()),
+  idle: () => !timer && !inflight && Boolean(shown) && shown.key === keyOf(requestSpec()),
 };
 
 setupControls();
