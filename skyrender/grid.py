@@ -306,7 +306,7 @@ def _find_tile(npix_sorted, key):
     return -1
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "arcp", "reassoc"})
 def _grid_rows(
     r0, r1, width, step, mode, cell_face, coef, nside, order, depth, bilinear, npix_sorted, flat, out,
     fallback,
@@ -347,7 +347,6 @@ def _grid_rows(
             pface = np.int64(cell_face[cy, cx])
             for kx in range(x1 - x0):
                 idx = row + x0 + kx
-                fallback[idx] = False
                 u = kx * inv
                 p1 = ((cu[0, 3] * u + cu[0, 2]) * u + cu[0, 1]) * u + cu[0, 0]
                 p2 = ((cu[1, 3] * u + cu[1, 2]) * u + cu[1, 1]) * u + cu[1, 0]
@@ -646,7 +645,7 @@ def grid_blend(
         )
     n = plan.width * plan.height
     out = np.empty((tiles.n_channels, n), dtype=np.float32)
-    fallback = np.empty(n, dtype=np.bool_)
+    fallback = np.zeros(n, dtype=np.bool_)  # the pass only marks the pixels it leaves
     if tiles.npix.size == 0:
         out.fill(np.nan)
         fallback.fill(False)
