@@ -41,7 +41,11 @@ class Compose:
         out = {n: t for n, t in tiles.items() if not isinstance(t, ray.ObjectRef)}
         if refs:
             try:
-                values = ray.get(list(refs.values()), timeout=self.config.upstream.request_deadline_s)
+                # A read from the object store takes milliseconds, even across nodes; one that
+                # hangs is a lost node not yet declared dead. A quarter of the deadline leaves the
+                # ingress time to fetch the tiles again.
+                timeout = self.config.upstream.request_deadline_s / 4
+                values = ray.get(list(refs.values()), timeout=timeout)
             except Exception as exc:  # lost with their owner or node (or unreachable): no holes
                 log.warning("%d tiles lost from the object store: %s", len(refs), exc)
                 lost = f"{len(refs)} tiles lost from the object store ({type(exc).__name__})"

@@ -68,11 +68,19 @@ class RenderChain:
         )
         deadline = self.config.upstream.request_deadline_s + 1.0
         chain_start, dispatched_at = time.perf_counter(), time.time()
+        lost: list[str] = []  # replica deaths / lost tiles met by this render
         try:
-            result = await asyncio.wait_for(self._chain(requests, spec, display), timeout=deadline)
+            result = await asyncio.wait_for(self._chain(requests, spec, display, lost), timeout=deadline)
         except TimeoutError:
             state["outcome"] = "timeout"
             log.warning("render %s timed out after %.1f s", request.state.request_id, deadline)
+            if lost:  # the retry after a lost worker ran out of time: the service is switching over
+                raise ApiError(
+                    503,
+                    "service unavailable",
+                    f"a worker was lost during the render; retry ({lost[0]})",
+                    headers={"Retry-After": "1"},
+                ) from None
             raise ApiError(
                 504, "upstream timeout", f"render did not finish within {deadline:.1f} s"
             ) from None
@@ -117,9 +125,10 @@ class RenderChain:
         return Response(content=result.body, media_type=result.media_type, headers=headers)
 
     async def _chain(
-        self, requests: list[TileRequest], spec: RenderSpec, display: DisplaySpec
+        self, requests: list[TileRequest], spec: RenderSpec, display: DisplaySpec, lost: list[str]
     ) -> EncodedImage:
-        """fetch → compose → encode, passing each response on; once more if a replica died."""
+        """fetch → compose → encode, passing each response on; once more if a replica died
+        (or tiles were lost with a node), noting it in ``lost``."""
         for attempt in (1, 2):
             fetched = self.fetch.get_tiles.remote(requests)
             composed = self.compose.render.remote(spec, fetched)
@@ -128,6 +137,7 @@ class RenderChain:
             except Exception as exc:
                 if attempt == 2 or not is_replica_death(exc):
                     raise
+                lost.append(message_of(unwrap(exc)))
                 log.warning("a replica died during a render; retrying once: %s", message_of(unwrap(exc)))
         raise AssertionError("unreachable")
 

@@ -42,7 +42,10 @@ def cluster_config(upstream: str, scratch: str, http_port: int) -> dict:
     config["proxy_location"] = "HeadOnly"  # both nodes share this host's ports
     config["http_options"] = {"host": "127.0.0.1", "port": http_port, "request_timeout_s": 30}
     app = config["applications"][0]
-    app["args"].update(surveys=[{"name": "dss2-red", "url": f"{upstream}/cds-dss2-red"}])
+    app["args"]["surveys"] = [
+        {"name": "dss2-red", "url": f"{upstream}/cds-dss2-red"},
+        {"name": "planck", "url": f"{upstream}/cds-planck-hfi143"},  # warm-up only: other tiles
+    ]
     app["args"]["build_sample_survey"] = False
     app["args"]["cache"].update(max_bytes=128 * 2**20, disk_dir=scratch, disk_max_bytes=64 * 2**20)
     replicas = {"Ingress": 1, "TileFetch": 2, "Compose": 1, "Encode": 2}
@@ -185,17 +188,26 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
                 pass
             time.sleep(0.2)
 
+        # Warm every stage on another survey's tiles (a cold first render on a loaded machine can
+        # pass the deadline), then count only what phase 1 adds.
+        for _ in range(5):
+            if http.post("/v1/preview", json={**FIELD, "survey": "planck"}).status_code == 200:
+                break
+        stats0 = http.get("/v1/stats").json()["cache"]
+        reads0 = http.get("/healthz").json()["compose"]["tiles_read_from_object_store"]
+
         # --- phase 1: a tile fetched on one node is read by compose on the other -----------
         manifest = http.post("/v1/tile-manifest", json=FIELD).json()
         codes = [http.post("/v1/preview", json=FIELD).status_code,
                  http.post("/v1/preview", json={**FIELD, "colormap": "gray"}).status_code]  # fmt: skip
         health = http.get("/healthz").json()
+        stats1 = http.get("/v1/stats").json()["cache"]
         out["cross"] = {
             "codes": codes,
             "tile_paths": [httpx.URL(t["url"]).path for t in manifest["tiles"]],
             "compose_node": health["compose"]["node_id"],
-            "tiles_read_from_object_store": health["compose"]["tiles_read_from_object_store"],
-            "cache": http.get("/v1/stats").json()["cache"],
+            "tiles_read_from_object_store": health["compose"]["tiles_read_from_object_store"] - reads0,
+            "cache": {**stats1, **{k: stats1[k] - stats0[k] for k in ("puts", "hits")}},
         }
         ray.kill(seat)  # node A may hold the cache actor again (after B is lost)
 
@@ -214,10 +226,12 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
         time.sleep(LOAD_BEFORE_KILL_S)
         killed = kill_node(temp_b)
         t_kill = time.monotonic()
-        t_full = None
+        t_full = t_dead = None
         stats: dict = {}
         while time.monotonic() - t_kill < MAX_RECOVERY_S:
             time.sleep(0.5)
+            if t_dead is None and not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == node_b):
+                t_dead = time.monotonic()
             nodes_now = replica_nodes()
             app = serve.status().applications.get(APP)
             try:
@@ -256,6 +270,10 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
             "max_latency_s": round(max(r["end"] - r["start"] for r in results), 2),
             "max_503_latency_s": round(max(lat_503, default=0.0), 2),
             "seconds_to_full_service": None if t_full is None else round(t_full - t_kill, 1),
+            "seconds_to_node_declared_dead": None if t_dead is None else round(t_dead - t_kill, 1),
+            "failures_s_after_kill": sorted(
+                (round(r["start"] - t_kill, 1), round(r["end"] - t_kill, 1), r["status"]) for r in failed
+            ),
             "seconds_to_last_failure": round(max((r["end"] - t_kill for r in failed), default=0.0), 1),
             "ok_after_full_service": sum(1 for r in results if t_full and r["start"] >= t_full
                                          and r["status"] == "200"),  # fmt: skip
@@ -269,7 +287,7 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
             f"slowest answer {loss['max_latency_s']} s (slowest 503 {loss['max_503_latency_s']} s); "
             f"last failure {loss['seconds_to_last_failure']} s after the kill; full service "
             f"(replicas and cache actor back on node A, cache filling) after "
-            f"{loss['seconds_to_full_service']} s"
+            f"{loss['seconds_to_full_service']} s; failures: {loss['failure_details']}"
         )
         # What the surviving node's logs say happened (the ingress logs each retried render).
         logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
@@ -277,9 +295,14 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
         loss["renders_retried"] = serve_logs.count("died during a render; retrying once")
         loss["tile_losses_seen_by_compose"] = serve_logs.count("tiles lost from the object store")
         loss["log_files_node_a"] = sum(1 for p in logs.rglob("*") if p.is_file())
+        loss["warnings"] = [
+            line[:400] for line in serve_logs.splitlines() if '"WARNING"' in line or " WARNING " in line
+        ][-25:]
         print(
-            f"NODE-LOSS: renders retried by the ingress: {loss['renders_retried']}; tiles lost at compose: "
-            f"{loss['tile_losses_seen_by_compose']}; log files on node A: {loss['log_files_node_a']}"
+            f"NODE-LOSS: node B declared dead {loss['seconds_to_node_declared_dead']} s after the kill; "
+            f"renders retried by the ingress: {loss['renders_retried']}; tiles lost at compose: "
+            f"{loss['tile_losses_seen_by_compose']}; serve warnings: {len(loss['warnings'])}; "
+            f"log files on node A: {loss['log_files_node_a']}"
         )
         print("RESULT " + json.dumps(out))
     finally:
