@@ -44,7 +44,7 @@ class Compose:
                 # A read from the object store takes milliseconds, even across nodes; one that
                 # hangs is a lost node not yet declared dead. A quarter of the deadline leaves the
                 # ingress time to fetch the tiles again.
-                timeout = self.config.upstream.request_deadline_s / 4
+                timeout = max(1.0, self.config.upstream.request_deadline_s / 4)
                 values = ray.get(list(refs.values()), timeout=timeout)
             except Exception as exc:  # lost with their owner or node (or unreachable): no holes
                 log.warning("%d tiles lost from the object store: %s", len(refs), exc)

@@ -121,7 +121,7 @@ class CacheClient:
         *,
         max_bytes: int,
         namespace: str = "skyrender",
-        call_timeout_s: float = 1.0,  # the actor answers in ms; past this, its node is likely gone
+        call_timeout_s: float = 2.0,  # the actor answers in ms; past this, its node is likely gone
         wait_timeout_s: float = 30.0,
         retry_after_s: float = 2.0,
         resources: dict[str, float] | None = None,

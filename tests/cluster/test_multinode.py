@@ -178,9 +178,14 @@ def test_losing_the_node_with_the_cache_and_a_fetch_replica(run):
     before = loss["before"]
     assert before["cache_node"] == b
     assert b in before["replica_nodes"]["TileFetch"] and a in before["replica_nodes"]["TileFetch"]
-    # Every request answered: 200 or 503, nothing else; no hang.
+    # Every request answered: 200 or 503; no hang. The one exception: a request already in flight
+    # on node B when it died, if Ray has not declared the node dead by its deadline (4 health
+    # checks 1 s apart; longer on a loaded machine), ends at that deadline as a 504.
     statuses = loss["statuses"]
-    assert set(statuses) <= {"200", "503"}, json.dumps(loss, indent=1)
+    assert set(statuses) <= {"200", "503", "504"}, json.dumps(loss, indent=1)
+    for start, end, status in loss["failures_s_after_kill"]:
+        in_flight_at_kill = status == "504" and start < 0 and end - start <= 8
+        assert status == "503" or in_flight_at_kill, json.dumps(loss, indent=1)
     assert loss["requests_after_kill"] >= 20
     assert loss["max_latency_s"] < 20, loss
     assert loss["max_503_latency_s"] < 10, loss
