@@ -178,14 +178,16 @@ def test_losing_the_node_with_the_cache_and_a_fetch_replica(run):
     before = loss["before"]
     assert before["cache_node"] == b
     assert b in before["replica_nodes"]["TileFetch"] and a in before["replica_nodes"]["TileFetch"]
-    # Every request answered: 200 or 503; no hang. The one exception: a request already in flight
-    # on node B when it died, if Ray has not declared the node dead by its deadline (4 health
-    # checks 1 s apart; longer on a loaded machine), ends at that deadline as a 504.
+    # Every request answered: 200 or 503; no hang. The one exception: a request sent before Ray
+    # declared node B dead (4 health checks 1 s apart; longer on a loaded machine) and routed to a
+    # replica there may end at its render deadline (6 s) as a 504 (docs/operations.md, Losing a node).
     statuses = loss["statuses"]
     assert set(statuses) <= {"200", "503", "504"}, json.dumps(loss, indent=1)
+    dead_at = loss["seconds_to_node_declared_dead"]
+    assert dead_at is not None, loss
     for start, end, status in loss["failures_s_after_kill"]:
-        in_flight_at_kill = status == "504" and start < 0 and end - start <= 8
-        assert status == "503" or in_flight_at_kill, json.dumps(loss, indent=1)
+        during_the_switch = status == "504" and start < dead_at and end - start <= 8
+        assert status == "503" or during_the_switch, json.dumps(loss, indent=1)
     assert loss["requests_after_kill"] >= 20
     assert loss["max_latency_s"] < 20, loss
     assert loss["max_503_latency_s"] < 10, loss
