@@ -57,6 +57,16 @@ def cluster_config(upstream: str, scratch: str, http_port: int) -> dict:
     return config
 
 
+def cache_stats(http: httpx.Client, deadline_s: float = 60.0) -> dict:
+    """The tile cache's counters, polled until the actor answers (a loaded machine can be slow)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        stats = http.get("/v1/stats").json()["cache"]
+        if "puts" in stats or time.monotonic() > end:
+            return stats
+        time.sleep(0.5)
+
+
 def replica_nodes() -> dict[str, list[str]]:
     """Deployment -> node ids of its ALIVE replicas (from the GCS: no dashboard needed)."""
     from ray._private import state
@@ -193,7 +203,7 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
         for _ in range(5):
             if http.post("/v1/preview", json={**FIELD, "survey": "planck"}).status_code == 200:
                 break
-        stats0 = http.get("/v1/stats").json()["cache"]
+        stats0 = cache_stats(http)
         reads0 = http.get("/healthz").json()["compose"]["tiles_read_from_object_store"]
 
         # --- phase 1: a tile fetched on one node is read by compose on the other -----------
@@ -201,7 +211,7 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
         codes = [http.post("/v1/preview", json=FIELD).status_code,
                  http.post("/v1/preview", json={**FIELD, "colormap": "gray"}).status_code]  # fmt: skip
         health = http.get("/healthz").json()
-        stats1 = http.get("/v1/stats").json()["cache"]
+        stats1 = cache_stats(http)
         out["cross"] = {
             "codes": codes,
             "tile_paths": [httpx.URL(t["url"]).path for t in manifest["tiles"]],
@@ -220,7 +230,7 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
         for view in VIEWS:  # warm: the renders now read their tiles from the cache on B
             http.post("/v1/preview", json=view)
         before = {"replica_nodes": replica_nodes(), "cache_node": cache_actor_node(cache_name),
-                  "cache": http.get("/v1/stats").json()["cache"]}  # fmt: skip
+                  "cache": cache_stats(http)}  # fmt: skip
         panner = Panner(base, reference)
         panner.start()
         time.sleep(LOAD_BEFORE_KILL_S)
