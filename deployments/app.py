@@ -4,7 +4,10 @@ Where a new route goes: write ``deployments/routes_<topic>.py`` with an
 ``router = APIRouter()`` whose routes take ``svc: ServicesDep`` (`deployments.services`)
 for the configuration, survey catalogue and render chain, then add it to ``ROUTERS``
 below. Errors: raise `deployments.errors.ApiError` (or let a core/upstream exception
-through the render chain); limits: `deployments.limits`.
+through the render chain); limits: `deployments.limits`. An image route gets its ETag,
+Cache-Control and (GET) 304 from ``svc.chain.render`` and documents them with
+``openapi_extra=deployments.contract.CACHEABLE``; ``Allow``/``OPTIONS``/``HEAD`` come from
+`deployments.methods` for every route.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from fastapi import APIRouter, FastAPI
 import skyrender
 
 from . import health, hips_files, routes_catalogue, routes_hips2fits, routes_layers, routes_render, viewer
+from .config import LimitsConfig
+from .contract import install_openapi
 from .errors import install_error_handlers
 from .limits import RequestLimits
+from .methods import MethodHandling
 from .request_context import install_request_context
 from .services import Services
 
@@ -43,10 +49,14 @@ def create_app(services: Services | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.limits = services.config.limits if services is not None else None
-    # Starlette runs the middleware added last first: the request context sees every answer.
+    # Starlette runs the middleware added last first: the request context sees every answer;
+    # method handling (Allow, OPTIONS, HEAD) is innermost, next to the routes it inspects.
+    app.add_middleware(MethodHandling)
     app.add_middleware(RequestLimits)
     install_request_context(app)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    # The document states the configured limits and every constraint the service checks.
+    install_openapi(app, app.state.limits or LimitsConfig())
     return app

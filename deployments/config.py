@@ -46,6 +46,7 @@ class LimitsConfig(BaseModel):
     max_height: int = 4096
     max_pixels: int = 4096 * 4096
     max_fov_deg: float = 360.0
+    min_fov_deg: float = Field(1e-4, gt=0, description="smallest field of view [deg] (0.36 arcsec)")
     max_tiles: int = 256
     max_tile_bytes: int = 8 * 1024 * 1024
     max_tile_pixels: int = 2048 * 2048

@@ -50,12 +50,34 @@ class ApiError(Exception):
         What was wrong: a message, or a JSON-able structure.
     headers : Mapping or None
         Extra response headers (e.g. ``Retry-After``).
+    field : str or None
+        The request field (or FITS keyword) at fault.
+    reason : str or None
+        The underlying library's own reason (wcslib, astropy), kept apart from ``detail``.
     """
 
-    def __init__(self, status: int, error: str, detail: Any = None, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+    ):
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail
         self.headers = dict(headers or {})
+        self.field, self.reason = field, reason
+
+    @classmethod
+    def of_input(cls, error: str, exc: SkyRenderError, fields: Mapping[str, str] | None = None) -> ApiError:
+        """400 for a core error, naming the request's field (core names mapped by ``fields``)."""
+        field = exc.field
+        if field is not None and fields:
+            field = fields.get(field, field)
+        return cls(400, error, str(exc), field=field, reason=exc.reason)
 
 
 #: Exception class → (status, error): the first match wins, so subclasses come first.
@@ -86,7 +108,10 @@ def api_error_of(exc: BaseException) -> ApiError:
         return inner
     for cls, status, error in _MAPPING:
         if isinstance(inner, cls):
-            return ApiError(status, error, message_of(inner))
+            field = getattr(inner, "field", None)
+            return ApiError(
+                status, error, message_of(inner), field=field, reason=getattr(inner, "reason", None)
+            )
     if is_replica_death(exc):
         return ApiError(503, "service unavailable", "a worker replica died; retry")
     raise exc
@@ -132,9 +157,16 @@ def message_of(exc: BaseException) -> str:
 
 
 def error_response(
-    path: str, status: int, detail: Any, headers: Mapping[str, str] | None = None, error: str | None = None
+    path: str,
+    status: int,
+    detail: Any,
+    headers: Mapping[str, str] | None = None,
+    error: str | None = None,
+    *,
+    field: str | None = None,
+    reason: str | None = None,
 ) -> JSONResponse:
-    """``{error, detail}``, or hips2fits' own ``{title, description}`` under ``/hips2fits``."""
+    """``{error, detail, field?, reason?}``; hips2fits' own ``{title, description}`` under ``/hips2fits``."""
     if error is None:
         try:
             error = _HTTP_ERRORS.get(status) or HTTPStatus(status).phrase.lower()
@@ -142,9 +174,15 @@ def error_response(
             error = "error"
     if path.startswith("/hips2fits"):
         text = detail if isinstance(detail, str) else json.dumps(detail)
+        if field and field not in text:
+            text = f"{field}: {text}"
         content = {"title": error[:1].upper() + error[1:], "description": text}
     else:
         content = {"error": error, "detail": detail}
+        if field is not None:
+            content["field"] = field
+        if reason is not None:
+            content["reason"] = reason
     return JSONResponse(status_code=status, content=content, headers=headers)
 
 
@@ -153,7 +191,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(request.url.path, exc.status, exc.detail, exc.headers, exc.error)
+        return error_response(
+            request.url.path,
+            exc.status,
+            exc.detail,
+            exc.headers,
+            exc.error,
+            field=exc.field,
+            reason=exc.reason,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

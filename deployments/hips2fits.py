@@ -29,8 +29,8 @@ __all__ = ["Hips2FitsError", "Hips2FitsQuery", "parse_query"]
 class Hips2FitsError(ApiError):
     """A bad hips2fits query: answered as ``{title, description}`` with status 400/404."""
 
-    def __init__(self, title: str, description: str, status: int = 400):
-        super().__init__(status, title, description)
+    def __init__(self, title: str, description: str, status: int = 400, field: str | None = None):
+        super().__init__(status, title, description, field=field)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,10 @@ def parse_query(params: Mapping[str, str], *, max_side: int, max_pixels: int) ->
                 max_pixels=max_pixels,
             )
     except SkyRenderError as exc:
-        raise Hips2FitsError("Invalid parameter", str(exc)) from None
+        field = {"rotation": "rotation_angle"}.get(exc.field or "", exc.field)
+        if field and params.get("wcs"):
+            field = f"wcs.{field}" if field.isupper() else "wcs"
+        raise Hips2FitsError("Invalid parameter", str(exc), field=field) from None
     return Hips2FitsQuery(
         hips=hips,
         geometry=geometry,

@@ -4,8 +4,9 @@ An image's bytes are fixed by the normalised request (every field after defaults
 survey it is drawn from (its identity and release: the ``properties`` file, whose
 ``hips_release_date`` changes with every new release), the service version and the
 rendering configuration (compression level, JPEG quality...). The ETag is a digest of
-exactly those, so it is known *before* rendering: a matching ``If-None-Match`` is answered
-``304`` (GET, HEAD) or ``412`` (other methods, RFC 9110 §13.1.2) without any work.
+exactly those, so it is known *before* rendering: a matching ``If-None-Match`` on a GET or HEAD is
+answered ``304`` without any work (a POST's answer is not a representation of its URL, so
+POST renders carry the ETag but take no conditional request).
 
 Pure functions, no Ray, no FastAPI.
 """
@@ -13,15 +14,13 @@ Pure functions, no Ray, no FastAPI.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-#: Methods for which a matching ``If-None-Match`` means ``304 Not Modified``.
-SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,8 @@ class CachePolicy:
 
 def _canonical(value: Any) -> Any:
     """JSON-ready form with a single spelling for every value (floats by repr, sorted keys)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _canonical({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -118,8 +119,3 @@ def if_none_match(header: str | None, etag: str) -> bool:
         return True
     wanted = _opaque(etag)
     return any(_opaque(tag) == wanted for tag in header.split(",") if tag.strip())
-
-
-def precondition_status(method: str) -> int:
-    """The status of a request whose ``If-None-Match`` matched: 304 (GET, HEAD) or 412."""
-    return 304 if method.upper() in SAFE_METHODS else 412

@@ -17,7 +17,12 @@ from skyrender.geometry import OutputGeometry, make_geometry
 from .config import LimitsConfig
 from .errors import ApiError, error_response
 
+#: The core's parameter names → the JSON fields of the render requests.
+FIELD_NAMES = {"fov": "fovDeg", "rotation": "rotation", "projection": "projection", "dec": "dec", "ra": "ra"}
+
 __all__ = [
+    "FIELD_NAMES",
+    "requested_size",
     "RequestLimits",
     "check_header_keys",
     "check_size",
@@ -67,15 +72,31 @@ class RequestLimits:
         await self.app(scope, limited_receive, send)
 
 
-def check_size(limits: LimitsConfig, width: int, height: int) -> None:
-    """400 unless ``width`` x ``height`` [pixels] is within the limits."""
-    if width > limits.max_width or height > limits.max_height or width * height > limits.max_pixels:
+def check_size(
+    limits: LimitsConfig, width: int, height: int, names: tuple[str, str] = ("width", "height")
+) -> None:
+    """400 unless ``width`` x ``height`` [pixels] is within the limits; the error names the field."""
+    for name, value, limit in ((names[0], width, limits.max_width), (names[1], height, limits.max_height)):
+        if value > limit:
+            raise ApiError(
+                400, "image too large", f"{name} {value} is over the limit of {limit} pixels", field=name
+            )
+    if width * height > limits.max_pixels:
         raise ApiError(
             400,
             "image too large",
-            f"{width}x{height} exceeds the limits (max {limits.max_width}x{limits.max_height}, "
-            f"{limits.max_pixels} pixels)",
+            f"{width}x{height} = {width * height} pixels is over the limit of {limits.max_pixels}",
+            field=names[0],
         )
+
+
+def requested_size(body: Any, limits: LimitsConfig) -> tuple[int, int]:
+    """(width, height) [pixels] of a request body; an omitted side's default is capped by its limit."""
+    sides = []
+    for name, limit in (("width", limits.max_width), ("height", limits.max_height)):
+        value = getattr(body, name)
+        sides.append(value if name in body.model_fields_set else min(value, limit))
+    return sides[0], sides[1]
 
 
 def field_geometry(
@@ -92,23 +113,31 @@ def field_geometry(
     """The output geometry of a field (centre and fov [deg], size [pixels]) within the limits (400)."""
     check_size(limits, width, height)
     if fov > limits.max_fov_deg:
-        raise ApiError(400, "field too wide", f"fovDeg {fov} exceeds {limits.max_fov_deg}")
+        raise ApiError(400, "field too wide", f"fovDeg {fov} exceeds {limits.max_fov_deg}", field="fovDeg")
+    if fov < limits.min_fov_deg:
+        raise ApiError(
+            400, "field too narrow", f"fovDeg {fov} is below the minimum {limits.min_fov_deg}", field="fovDeg"
+        )
     try:
         return make_geometry(
             ra, dec, fov, width, height, projection, rotation, frame,
             max_side=max(limits.max_width, limits.max_height), max_pixels=limits.max_pixels,
         )  # fmt: skip
     except SkyRenderError as exc:
-        raise ApiError(400, "invalid geometry", str(exc)) from None
+        raise ApiError.of_input("invalid geometry", exc, FIELD_NAMES) from None
 
 
 def check_tile_count(limits: LimitsConfig, count: int) -> None:
     """400 when a render would read more than ``max_tiles`` tiles."""
     if count > limits.max_tiles:
-        raise ApiError(400, "too many tiles", f"{count} tiles; the limit is {limits.max_tiles}")
+        raise ApiError(
+            400, "too many tiles", f"{count} tiles; the limit is {limits.max_tiles}", field="tiles"
+        )
 
 
 def check_header_keys(limits: LimitsConfig, count: int) -> None:
     """400 when a FITS header has more than ``max_header_keys`` keywords."""
     if count > limits.max_header_keys:
-        raise ApiError(400, "invalid WCS", f"{count} keywords; the limit is {limits.max_header_keys}")
+        raise ApiError(
+            400, "invalid WCS", f"{count} keywords; the limit is {limits.max_header_keys}", field="fitsHeader"
+        )

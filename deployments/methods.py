@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.routing import Match
-
 from .errors import error_response
 
 __all__ = ["MethodHandling", "allowed_methods"]
@@ -26,17 +24,43 @@ __all__ = ["MethodHandling", "allowed_methods"]
 _ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+def _routes(app: Any) -> list[tuple[Any, set[str]]]:
+    """(path regex, methods) of every HTTP route of ``app``, routers included."""
+    try:  # FastAPI >= 0.16x keeps included routers as groups; this walks into them
+        from fastapi.routing import iter_route_contexts
+
+        contexts: Any = iter_route_contexts(getattr(app, "routes", ()))
+    except ImportError:
+        contexts = getattr(app, "routes", ())
+    out = []
+    for route in contexts:
+        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and methods:
+            out.append((regex, {m.upper() for m in methods}))
+    return out
+
+
+def _path(scope: dict) -> str:
+    try:
+        from starlette._utils import get_route_path
+
+        return get_route_path(scope)
+    except ImportError:
+        return scope["path"]
+
+
+def _methods_at(app: Any, scope: dict) -> set[str]:
+    path = _path(scope)
+    methods: set[str] = set()
+    for regex, route_methods in _routes(app):
+        if regex.match(path):
+            methods |= route_methods
+    return methods
+
+
 def allowed_methods(app: Any, scope: dict) -> list[str]:
     """Every method some route of ``app`` serves at ``scope``'s path ([] when no route has the path)."""
-    methods: set[str] = set()
-    for route in getattr(app, "routes", ()):
-        route_methods = getattr(route, "methods", None)
-        if not route_methods:
-            continue  # websocket routes, mounts without methods
-        probe = {**scope, "method": next(iter(route_methods))}
-        match, _ = route.matches(probe)
-        if match is Match.FULL:
-            methods |= set(route_methods)
+    methods = _methods_at(app, scope)
     if not methods:
         return []
     if "GET" in methods:
@@ -77,13 +101,8 @@ class MethodHandling:
 
 
 def _served_explicitly(app: Any, scope: dict) -> set[str]:
-    """Methods a route declares itself at this path (a route may implement HEAD or OPTIONS)."""
-    out: set[str] = set()
-    for route in getattr(app, "routes", ()):
-        for method in getattr(route, "methods", None) or ():
-            if method in ("HEAD", "OPTIONS") and route.matches({**scope, "method": method})[0] is Match.FULL:
-                out.add(method)
-    return out
+    """HEAD/OPTIONS when a route declares them itself at this path."""
+    return _methods_at(app, scope) & {"HEAD", "OPTIONS"}
 
 
 def _empty(status: int, headers: dict[str, str]):

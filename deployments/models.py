@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from skyrender.display import STRETCHES, parse_cut
+from skyrender.geometry import FIELD_PROJECTIONS
+
+from .contract import CUT_PATTERN, TILE_URL_PATTERN, colormap_names
 
 __all__ = [
     "ErrorBody",
@@ -21,6 +24,21 @@ __all__ = [
 ]
 
 Stretch = Literal[STRETCHES]
+#: Every matplotlib colormap name (the document lists them: a closed set).
+Colormap = Literal[colormap_names()]
+#: Projections a field can be rendered in (those needing PV parameters need a full header).
+Projection = Literal[FIELD_PROJECTIONS]
+def _whole(v: Any) -> Any:
+    """A JSON number that is a whole number (512 or 512.0: JSON Schema's integer), as int."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+#: Pixels: a whole JSON number (booleans and strings refused, as the document says).
+Pixels = Annotated[int, BeforeValidator(_whole)]
+#: A HiPS tile URL.
+TileUrl = Annotated[str, StringConstraints(pattern=TILE_URL_PATTERN, max_length=2048)]
 
 
 def _cut(v: float | str | None) -> float | str | None:
@@ -29,13 +47,17 @@ def _cut(v: float | str | None) -> float | str | None:
     return v.strip() if isinstance(v, str) else v
 
 
-#: A cut: a number in data units, or a percentile string such as "99.5%".
-Cut = Annotated[float | str | None, AfterValidator(_cut)]
+#: A cut: a number in data units, or a percentile string such as "99.5%" (the pattern is the
+#: document's; a min cut above the max cut draws the colormap reversed).
+Cut = Annotated[
+    float | Annotated[str, StringConstraints(pattern=CUT_PATTERN)] | None, AfterValidator(_cut)
+]
 
 
 class _Body(BaseModel):
-    # NaN/inf are refused at parse time: they would otherwise reach the sky maths.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # NaN/inf are refused at parse time: they would otherwise reach the sky maths. Strict:
+    # a number given as a string, or a boolean as a number, is refused as the document says.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 # Descriptions shared by the request bodies (they end up in the OpenAPI document NestJS reads).
@@ -53,10 +75,10 @@ PROJECTION = "wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, ST
 class RenderTilesRequest(_Body):
     """``POST /render/preview``: tiles in, PNG out."""
 
-    tiles: list[str] = Field(min_length=1, description="HiPS tile URLs under a configured survey root")
-    width: int = Field(512, ge=1, description=WIDTH)
-    height: int = Field(512, ge=1, description=HEIGHT)
-    colormap: str = Field("viridis", max_length=64, description=COLORMAP)
+    tiles: list[TileUrl] = Field(min_length=1, description="HiPS tile URLs under a configured survey root")
+    width: Pixels = Field(512, ge=1, description=WIDTH)
+    height: Pixels = Field(512, ge=1, description=HEIGHT)
+    colormap: Colormap = Field("viridis", description=COLORMAP)
     scale: Stretch = Field("linear", description=SCALE)
     minCut: Cut = Field(None, description=MIN_CUT)
     maxCut: Cut = Field(None, description=MAX_CUT)
@@ -74,9 +96,11 @@ class ManifestRequest(_Body):
     fovDeg: float = Field(gt=0, le=360, description="field of view along the larger side [deg]")
     epoch: str | None = Field(None, max_length=32, description=EPOCH)
     survey: str | None = Field(None, max_length=128, description=SURVEY)
-    width: int = Field(512, ge=1, description=WIDTH + " of the render the manifest is for (sets the order)")
-    height: int = Field(512, ge=1, description=HEIGHT)
-    projection: str = Field("TAN", max_length=8, description=PROJECTION)
+    width: Pixels = Field(
+        512, ge=1, description=WIDTH + " of the render the manifest is for (sets the order)"
+    )
+    height: Pixels = Field(512, ge=1, description=HEIGHT)
+    projection: Projection = Field("TAN", description=PROJECTION)
 
 
 class ManifestTileModel(BaseModel):
@@ -105,12 +129,12 @@ class PreviewRequest(_Body):
     format: Literal["png", "jpeg"] = Field(
         "png", description="png (no data transparent) or jpeg (no data black)"
     )
-    width: int = Field(512, ge=1, description=WIDTH)
-    height: int = Field(512, ge=1, description=HEIGHT)
-    colormap: str = Field("viridis", max_length=64, description=COLORMAP)
+    width: Pixels = Field(512, ge=1, description=WIDTH)
+    height: Pixels = Field(512, ge=1, description=HEIGHT)
+    colormap: Colormap = Field("viridis", description=COLORMAP)
     epoch: str | None = Field(None, max_length=32, description=EPOCH)
     survey: str | None = Field(None, max_length=128, description=SURVEY)
-    projection: str = Field("TAN", max_length=8, description=PROJECTION)
+    projection: Projection = Field("TAN", description=PROJECTION)
     rotation: float = Field(0.0, ge=-360, le=360, description="sky rotation, CROTA2 convention [deg]")
     scale: Stretch = Field("linear", description=SCALE)
     minCut: Cut = Field(None, description=MIN_CUT)
@@ -120,20 +144,27 @@ class PreviewRequest(_Body):
 class WcsValidateRequest(_Body):
     """``POST /v1/wcs-validate``."""
 
-    fitsHeader: dict[str, Any] = Field(description="FITS header keywords (NAXIS1/2, CTYPE, CRVAL, ...)")
+    fitsHeader: dict[str, Any] = Field(
+        description="FITS header keywords (NAXIS1/2, CTYPE1/2, CDELT1/2 or CD, CRVAL, CRPIX, ...)"
+    )
 
 
 class WcsValidateResponse(BaseModel):
     valid: bool = Field(description="true: wcslib accepts the header's celestial WCS")
-    reprojected: dict[str, Any] = Field(
-        description="what it describes: projection, frame, centre (ra, dec) [deg], pixel scale [deg], "
-        "image size [pixels], rotation [deg], the four corners (ra, dec) [deg]"
+    reprojected: dict[str, Any] | None = Field(
+        description="what it describes (valid headers): projection, frame, centre (ra, dec) [deg], pixel "
+        "scale [deg], image size [pixels], rotation [deg], the four corners (ra, dec) [deg]"
     )
+    error: str | None = Field(None, description="why it is not valid, as a sentence about the header")
+    field: str | None = Field(None, description="the keyword at fault, when one can be named")
+    reason: str | None = Field(None, description="wcslib's or astropy's own words, when they gave a reason")
 
 
 class ErrorBody(BaseModel):
     error: str = Field(description="short error class, e.g. 'invalid WCS', 'upstream unavailable'")
-    detail: Any = Field(None, description="what was wrong: a message, or pydantic's list of field errors")
+    detail: Any = Field(None, description="what was wrong: a message, or a list of {loc, msg, type}")
+    field: str | None = Field(None, description="the request field (or FITS keyword) at fault")
+    reason: str | None = Field(None, description="the underlying library's reason (wcslib, astropy)")
 
 
 class SurveyInfo(BaseModel):

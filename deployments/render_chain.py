@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
 
+import skyrender
 from skyrender.geometry import OutputGeometry
 from skyrender.properties import HipsSurvey
 from skyrender.tiles import TileId
@@ -24,6 +25,7 @@ from skyrender.tiles import TileId
 from .config import AppConfig, SurveyConfig
 from .contracts import DisplaySpec, EncodedImage, RenderSpec, TileOutcome, TileRequest
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
+from .http_cache import CachePolicy, if_none_match, strong_etag, survey_release
 from .limits import check_tile_count
 from .tile_urls import tile_location
 
@@ -40,6 +42,33 @@ class RenderChain:
     ):
         self.config = config
         self.fetch, self.compose, self.encode = fetch, compose, encode
+        self.cache_policy = CachePolicy()
+
+    def etag(
+        self,
+        cfg: SurveyConfig,
+        survey: HipsSurvey,
+        geom: OutputGeometry,
+        order: int,
+        tiles: list[TileId],
+        display: DisplaySpec,
+    ) -> str:
+        """Strong ETag of the image a render gives: what fixes its bytes, nothing else.
+
+        The normalised request (output WCS and size, order, tiles, display without the
+        FITS header it derives from the WCS), the survey's identity and release, the
+        service version and the rendering configuration.
+        """
+        return strong_etag(
+            "image",
+            geom.wcs_keywords(),
+            [geom.width, geom.height, geom.frame, order],
+            [(t.order, t.npix, t.format) for t in tiles],
+            {k: v for k, v in dataclasses.asdict(display).items() if k != "header"},
+            survey_release(cfg.name, cfg.url, survey.properties),
+            skyrender.__version__,
+            self.config.render.model_dump(exclude={"num_threads"}),
+        )
 
     async def render(
         self,
@@ -53,6 +82,14 @@ class RenderChain:
     ) -> Response:
         """Render ``tiles`` (of ``survey`` at ``order``) onto ``geom`` and encode it per ``display``."""
         check_tile_count(self.config.limits, len(tiles))
+        # The ETag is known before any work: a caller holding the image gets its 304 at once.
+        etag = self.etag(cfg, survey, geom, order, tiles, display)
+        cache_headers = {"ETag": etag, "Cache-Control": self.cache_policy.cache_control()}
+        # GET/HEAD only: a POST render is not a representation of its URL (RFC 9110 §13.1.2).
+        conditional = request.method in ("GET", "HEAD")
+        if conditional and if_none_match(request.headers.get("if-none-match"), etag):
+            request.state.render.update(survey=cfg.name, outcome="not modified")
+            return Response(status_code=304, headers=cache_headers)
         requests = [
             TileRequest(t.npix, f"{cfg.name}/{t.order}/{t.npix}.{t.format}", tile_location(cfg, t), t.format)
             for t in tiles
@@ -109,7 +146,7 @@ class RenderChain:
             "X-WCS": json.dumps(geom.wcs_keywords(), separators=(",", ":")),
             "X-Compose-Backend": result.backend,
             "X-Tiles-Used": str(result.tiles_used),
-            "Cache-Control": "public, max-age=3600",
+            **cache_headers,
             # Where the time went (W3C Server-Timing: browsers' dev tools and the benchmark read it).
             "Server-Timing": ", ".join(
                 f"{name};dur={seconds * 1e3:.1f}"

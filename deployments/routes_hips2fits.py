@@ -8,14 +8,14 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from skyrender.display import STRETCHES
 from skyrender.render import plan_render
 from skyrender.tiles import TileId
 
+from .contract import CACHEABLE, hips2fits_schema, validate_hips2fits
 from .contracts import DisplaySpec
 from .hips2fits import Hips2FitsError, parse_query
 from .services import Services, ServicesDep
@@ -37,8 +37,35 @@ HIPS2FITS_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
+_SCHEMAS: dict[tuple, dict[str, Any]] = {}
+
+
+def query_schema(limits: Any) -> dict[str, Any]:
+    """The JSON Schema of a hips2fits query under ``limits`` (the document's, built once)."""
+    key = (
+        limits.max_width,
+        limits.max_height,
+        limits.min_fov_deg,
+        limits.max_fov_deg,
+        limits.max_header_keys,
+    )
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = hips2fits_schema(limits)
+    return _SCHEMAS[key]
+
+
+def check_query(params: Mapping[str, str], limits: Any) -> None:
+    """400 naming the parameter when the query breaks the document's schema."""
+    problems = validate_hips2fits(params, query_schema(limits))
+    if problems:
+        missing = any(msg.startswith("needs one of") or "required" in msg for _, msg in problems)
+        title = "Missing parameter" if missing else "Invalid parameter"
+        raise Hips2FitsError(title, "; ".join(msg for _, msg in problems[:5]), field=problems[0][0])
+
+
 async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str]) -> Response:
     lim = svc.config.limits
+    check_query(params, lim)
     query = parse_query(params, max_side=max(lim.max_width, lim.max_height), max_pixels=lim.max_pixels)
     cfg = await svc.catalogue.by_id(query.hips)
     if cfg is None:
@@ -47,7 +74,9 @@ async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str])
         )
     survey = await svc.catalogue.survey(cfg)
     geom = query.geometry
-    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    plan = await asyncio.to_thread(
+        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
+    )
     tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
     display = DisplaySpec(
         format=query.format,
@@ -60,31 +89,17 @@ async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str])
     return await svc.chain.render(request, cfg, survey, geom, plan.order, tiles, display)
 
 
-@router.get("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES)
-async def hips2fits_get(
-    svc: ServicesDep,
-    request: Request,
-    hips: str | None = Query(None, description="survey name or HiPS ID (required)"),
-    width: str | None = Query(None, description="output width [pixels]"),
-    height: str | None = Query(None, description="output height [pixels]"),
-    projection: str | None = Query(None, description="wcslib projection code"),
-    fov: str | None = Query(None, description="field of view, larger side [deg]"),
-    ra: str | None = Query(None, description="centre right ascension, ICRS [deg]"),
-    dec: str | None = Query(None, description="centre declination, ICRS [deg]"),
-    coordsys: str | None = Query(None, description="icrs | galactic: frame of the projection"),
-    rotation_angle: str | None = Query(None, description="rotation [deg]"),
-    wcs: str | None = Query(None, description="JSON FITS header with NAXIS1/NAXIS2, instead of the field"),
-    format: str | None = Query(None, description="fits | jpg | png"),
-    min_cut: str | None = Query(None, description="lower cut: value, or percent like '0.5%'"),
-    max_cut: str | None = Query(None, description="upper cut: value, or percent like '99.5%'"),
-    stretch: str | None = Query(None, description=" | ".join(STRETCHES)),
-    cmap: str | None = Query(None, description="matplotlib colormap name"),
-) -> Response:
-    """CDS hips2fits-compatible cutout (astroquery's ``hips2fits`` client works unchanged)."""
+@router.get("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES, openapi_extra=CACHEABLE)
+async def hips2fits_get(svc: ServicesDep, request: Request) -> Response:
+    """CDS hips2fits-compatible cutout (astroquery's ``hips2fits`` client works unchanged).
+
+    Its parameters are documented from the schema the query is validated with
+    (`deployments.contract.hips2fits_schema`).
+    """
     return await _hips2fits(svc, request, dict(request.query_params))
 
 
-@router.post("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES)
+@router.post("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES, openapi_extra=CACHEABLE)
 async def hips2fits_post(svc: ServicesDep, request: Request) -> Response:
     """The same as ``GET /hips2fits`` with the parameters as form fields."""
     try:

@@ -14,9 +14,10 @@ from skyrender.errors import SkyRenderError
 from skyrender.render import plan_render
 from skyrender.tiles import TileId
 
+from .contract import CACHEABLE, check_fits_header
 from .contracts import DisplaySpec
 from .errors import ApiError
-from .limits import check_header_keys, check_size, check_tile_count, field_geometry
+from .limits import check_header_keys, check_size, check_tile_count, field_geometry, requested_size
 from .models import (
     ErrorBody,
     ManifestRequest,
@@ -49,7 +50,8 @@ router = APIRouter()
 
 async def _tiles_render(svc: Services, request: Request, body: RenderTilesRequest) -> Response:
     limits = svc.config.limits
-    check_size(limits, body.width, body.height)
+    width, height = requested_size(body, limits)
+    check_size(limits, width, height)
     check_tile_count(limits, len(body.tiles))
     cfgs = {cfg.name: cfg for cfg in (survey_of_url(svc.config, u) for u in body.tiles)}
     if len(cfgs) > 1:
@@ -58,12 +60,12 @@ async def _tiles_render(svc: Services, request: Request, body: RenderTilesReques
     try:
         tiles = parse_tile_list(body.tiles)
     except SkyRenderError as exc:
-        raise ApiError(400, "invalid tile URL", str(exc)) from None
+        raise ApiError(400, "invalid tile URL", str(exc), field="tiles") from None
     survey = await svc.catalogue.survey(cfg)
     try:
-        geom = field_of_tiles(tiles, body.width, body.height, survey.frame)
+        geom = field_of_tiles(tiles, width, height, survey.frame)
     except SkyRenderError as exc:
-        raise ApiError(400, "invalid geometry", str(exc)) from None
+        raise ApiError.of_input("invalid geometry", exc, {"fov": "tiles"}) from None
     display = DisplaySpec(
         format="png",
         cmap=body.colormap,
@@ -77,13 +79,13 @@ async def _tiles_render(svc: Services, request: Request, body: RenderTilesReques
     return await svc.chain.render(request, cfg, survey, geom, tiles[0].order, list(unique.values()), display)
 
 
-@router.post("/render/preview", response_class=Response, responses=IMAGE_RESPONSES)
+@router.post("/render/preview", response_class=Response, responses=IMAGE_RESPONSES, openapi_extra=CACHEABLE)
 async def render_preview(svc: ServicesDep, request: Request, body: RenderTilesRequest) -> Response:
     """Render the given tiles (all of one survey and order) into a PNG."""
     return await _tiles_render(svc, request, body)
 
 
-@router.post("/render/snapshot", response_class=Response, responses=IMAGE_RESPONSES)
+@router.post("/render/snapshot", response_class=Response, responses=IMAGE_RESPONSES, openapi_extra=CACHEABLE)
 async def render_snapshot(svc: ServicesDep, request: Request, body: SnapshotRequest) -> Response:
     """Render the given tiles into a PNG snapshot (default 512x512) for the job runner."""
     return await _tiles_render(svc, request, body)
@@ -99,9 +101,16 @@ async def tile_manifest(svc: ServicesDep, request: Request, body: ManifestReques
     cfg = svc.catalogue.config_for(body.survey, body.epoch)
     survey = await svc.catalogue.survey(cfg)
     geom = field_geometry(
-        svc.config.limits, body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection
+        svc.config.limits,
+        body.ra,
+        body.dec,
+        body.fovDeg,
+        *requested_size(body, svc.config.limits),
+        body.projection,
     )
-    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    plan = await asyncio.to_thread(
+        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
+    )
     tiles = [
         ManifestTileModel(
             id=t.id,
@@ -122,16 +131,19 @@ async def tile_manifest(svc: ServicesDep, request: Request, body: ManifestReques
     )
 
 
-@router.post("/v1/preview", response_class=Response, responses=IMAGE_RESPONSES)
+@router.post("/v1/preview", response_class=Response, responses=IMAGE_RESPONSES, openapi_extra=CACHEABLE)
 async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> Response:
     """Render a field of a configured survey as PNG or JPEG, with its WCS in ``X-WCS``."""
     cfg = svc.catalogue.config_for(body.survey, body.epoch)
     survey = await svc.catalogue.survey(cfg)
+    width, height = requested_size(body, svc.config.limits)
     geom = field_geometry(
         svc.config.limits,
-        body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection, body.rotation,
+        body.ra, body.dec, body.fovDeg, width, height, body.projection, body.rotation,
     )  # fmt: skip
-    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    plan = await asyncio.to_thread(
+        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
+    )
     tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
     display = DisplaySpec(
         format=body.format,
@@ -143,14 +155,23 @@ async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> R
     return await svc.chain.render(request, cfg, survey, geom, plan.order, tiles, display)
 
 
-@router.post("/v1/wcs-validate", response_model=WcsValidateResponse, responses={400: {"model": ErrorBody}})
+@router.post("/v1/wcs-validate", response_model=WcsValidateResponse, responses={422: {"model": ErrorBody}})
 async def wcs_validate(svc: ServicesDep, body: WcsValidateRequest) -> WcsValidateResponse:
-    """Check a FITS header's WCS; describe what it maps to (400 with wcslib's reason if invalid)."""
+    """Check a FITS header's WCS and describe what it maps to.
+
+    A header the document's schema allows is answered 200: ``valid`` says whether wcslib
+    can use it, and when not, ``error`` says why (``field``: the keyword at fault,
+    ``reason``: wcslib's own words). A header the schema forbids (a required keyword
+    missing, a value of the wrong type, a name that is no FITS keyword) is a 422 naming it.
+    """
     from skyrender.wcsinfo import describe_header
 
+    check_fits_header(body.fitsHeader, svc.config.limits, "fitsHeader")
     check_header_keys(svc.config.limits, len(body.fitsHeader))
     try:
-        desc = describe_header(body.fitsHeader)
+        desc = await asyncio.to_thread(describe_header, body.fitsHeader)
     except SkyRenderError as exc:
-        raise ApiError(400, "invalid WCS", str(exc)) from None
+        return WcsValidateResponse(
+            valid=False, reprojected=None, error=str(exc), field=exc.field, reason=exc.reason
+        )
     return WcsValidateResponse(valid=True, reprojected=desc.to_dict())

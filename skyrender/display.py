@@ -171,7 +171,8 @@ def compute_cuts(
     Returns
     -------
     (float, float)
-        ``vmin <= vmax``. Data without any finite value give (0, 1). A constant image gives
+        ``vmin <= vmax`` unless both cuts are given with ``min_cut`` above ``max_cut`` (a
+        reversed display). Data without any finite value give (0, 1). A constant image gives
         ``vmin == vmax``, which :func:`apply_stretch` handles.
 
     Raises
@@ -206,7 +207,8 @@ def compute_cuts(
     vmax = hi_cut.resolve(sample) if hi_cut is not None else default_hi
     if vmin > vmax:
         if lo_cut is not None and hi_cut is not None:
-            raise DisplayError(f"min cut {min_cut!r} ({vmin:g}) is above max cut {max_cut!r} ({vmax:g})")
+            # Both given, min above max: a reversed display (DS9 does the same), not an error.
+            return vmin, vmax
         # One explicit side beyond the default other side: honour the explicit one.
         if lo_cut is not None:
             vmax = vmin
@@ -253,7 +255,9 @@ def apply_stretch(
         Grey data in data units; NaN marks no data.
     vmin, vmax : float
         Display interval in data units (`astropy.visualization.ManualInterval`). With
-        ``vmin == vmax`` the result is a step: 0 at or below, 1 above.
+        ``vmin == vmax`` the result is a step: 0 at or below, 1 above. ``vmin > vmax``
+        reverses the scale (data at ``vmin`` still map to 0 and at ``vmax`` to 1, so brighter
+        data get lower values).
     stretch : {"linear", "sqrt", "log", "asinh", "power"}
         astropy.visualization stretch with its default parameters (log: a=1000,
         asinh: a=0.1); ``power`` is the exponent of ``PowerStretch``.
@@ -270,8 +274,6 @@ def apply_stretch(
     check_stretch(stretch)
     if not (math.isfinite(vmin) and math.isfinite(vmax)):
         raise DisplayError(f"cuts must be finite, got ({vmin!r}, {vmax!r})")
-    if vmin > vmax:
-        raise DisplayError(f"min cut {vmin:g} is above max cut {vmax:g}")
     if stretch == "power" and not (math.isfinite(power) and power > 0):
         raise DisplayError(f"power stretch exponent must be > 0, got {power!r}")
     # Work in one float32 buffer: astropy's interval and stretch both run in place.

@@ -34,11 +34,28 @@ class RenderPlan:
     tiles: list[ManifestTile]
 
 
-def plan_render(geom: OutputGeometry, survey, *, order: int | None = None, fmt: str | None = None, moc=None):
-    """The order and tiles of ``survey`` (a `HipsSurvey`) that a render of ``geom`` reads."""
+def plan_render(
+    geom: OutputGeometry,
+    survey,
+    *,
+    order: int | None = None,
+    fmt: str | None = None,
+    moc=None,
+    max_tiles: int | None = None,
+):
+    """The order and tiles of ``survey`` (a `HipsSurvey`) that a render of ``geom`` reads.
+
+    With ``max_tiles``, a chosen order whose tiles would be more than that steps down to
+    coarser orders (4x fewer tiles each) until they fit or the survey's shallowest order
+    is reached: the picture keeps its size and field, with less detail.
+    """
+    explicit = order is not None
     if order is None:
         order = choose_order(geom.pixel_scale_deg, survey.tile_width, survey.order_min, survey.order)
     tiles = tile_manifest(geom, survey, order=order, fmt=fmt, moc=moc)
+    while not explicit and max_tiles is not None and len(tiles) > max_tiles and order > survey.order_min:
+        order -= 1
+        tiles = tile_manifest(geom, survey, order=order, fmt=fmt, moc=moc)
     return RenderPlan(
         geometry=geom, survey_frame=survey.frame, order=order, tile_depth=survey.tile_depth, tiles=tiles
     )

@@ -32,16 +32,19 @@ from .wcserrors import explain_wcs_error, library_reason
 #: apply their own, much smaller, limits).
 MAX_HEADER_SIDE = 1_000_000
 
-# Keywords whose value must be a number (JSON strings holding numbers are accepted).
-_NUMERIC = re.compile(
-    r"^(CRPIX\d+[A-Z]?|CRVAL\d+[A-Z]?|CDELT\d+[A-Z]?|CROTA\d+|CD\d+_\d+[A-Z]?|PC\d+_\d+[A-Z]?"
-    r"|PV\d+_\d+[A-Z]?|LONPOLE[A-Z]?|LATPOLE[A-Z]?|EQUINOX[A-Z]?|EPOCH|MJD-OBS|MJDREF"
-    r"|A_\d+_\d+|B_\d+_\d+|AP_\d+_\d+|BP_\d+_\d+)$"
+#: Keywords whose value must be a number (JSON strings holding numbers are accepted).
+NUMERIC_KEYWORDS = (
+    r"^(CRPIX[0-9]+[A-Z]?|CRVAL[0-9]+[A-Z]?|CDELT[0-9]+[A-Z]?|CROTA[0-9]+|CD[0-9]+_[0-9]+[A-Z]?"
+    r"|PC[0-9]+_[0-9]+[A-Z]?|PV[0-9]+_[0-9]+[A-Z]?|LONPOLE[A-Z]?|LATPOLE[A-Z]?|EQUINOX[A-Z]?|EPOCH"
+    r"|MJD-OBS|MJDREF|A_[0-9]+_[0-9]+|B_[0-9]+_[0-9]+|AP_[0-9]+_[0-9]+|BP_[0-9]+_[0-9]+)$"
 )
-# Keywords whose value must be text.
-_STRING = re.compile(r"^(CTYPE\d+[A-Z]?|CUNIT\d+[A-Z]?|RADESYS[A-Z]?|RADECSYS|WCSNAME[A-Z]?|SPECSYS)$")
-# Keywords whose value must be a whole number.
-_INTEGER = re.compile(r"^(NAXIS\d*|WCSAXES[A-Z]?|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER)$")
+#: Keywords whose value must be text.
+STRING_KEYWORDS = r"^(CTYPE[0-9]+[A-Z]?|CUNIT[0-9]+[A-Z]?|RADESYS[A-Z]?|RADECSYS|WCSNAME[A-Z]?|SPECSYS)$"
+#: Keywords whose value must be a whole number.
+INTEGER_KEYWORDS = r"^(NAXIS[0-9]*|WCSAXES[A-Z]?|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER)$"
+_NUMERIC = re.compile(NUMERIC_KEYWORDS)
+_STRING = re.compile(STRING_KEYWORDS)
+_INTEGER = re.compile(INTEGER_KEYWORDS)
 
 _FRAME_NAMES = {"icrs": "icrs", "fk5": "fk5", "fk4": "fk4", "fk4noeterms": "fk4", "galactic": "galactic"}
 

@@ -30,7 +30,7 @@ def app(hips_dir):
             "surveys": [{"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"}],
             "build_sample_survey": False,
             # Small limits keep generated renders quick; the limits themselves are under test too.
-            "limits": {"max_width": 256, "max_height": 256, "max_pixels": 256 * 256, "max_tiles": 8},
+            "limits": {"max_width": 256, "max_height": 256, "max_pixels": 256 * 256, "max_tiles": 12},
         }
     )
     yield served
@@ -82,7 +82,7 @@ def run_schemathesis(url: str, report: Path, *extra: str) -> dict:
     command = [
         str(st), "run", f"{url}/openapi.json", "--checks", "all",
         "--seed", str(CONFORMANCE_SEED), "--max-examples", str(CONFORMANCE_EXAMPLES),
-        "--workers", "2", "--request-timeout", "60", "--continue-on-failure",
+        "--workers", "2", "--request-timeout", "60", "--max-response-time", "60", "--continue-on-failure",
         "--report", "json", "--report-json-path", str(report), *extra,
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=900)
