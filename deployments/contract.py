@@ -164,16 +164,34 @@ def header_schema(max_side: int = MAX_HEADER_SIDE, max_keys: int = 500, *, rende
             CDELT1={**scale, "description": "pixel scale along x [deg], non-zero"},
             CDELT2={**scale, "description": "pixel scale along y [deg], non-zero"},
         )
-        # One projection for both axes: the projection code must agree (wcslib refuses
-        # RA---TAN with DEC--SIN); expressed per projection.
-        schema["required"] = ["NAXIS1", "NAXIS2", "CTYPE1", "CTYPE2", "CDELT1", "CDELT2"]
-        schema["anyOf"] = [
+        scales = schema.pop("anyOf")
+        cd_scales = {
+            "required": ["CD1_1", "CD2_2"],
+            "title": "a CD matrix (CD1_1 and CD2_2)",
+            "properties": {"CD1_1": scale, "CD2_2": scale},
+        }
+        schema["allOf"] = [
             {
-                "title": f"{code} in {name}",
-                "properties": {"CTYPE1": {"const": f"{lon}-{code}"}, "CTYPE2": {"const": f"{lat}-{code}"}},
-            }
-            for name, lon, lat in _CELESTIAL_PAIRS
-            for code in FIELD_PROJECTIONS
+                "description": "a pixel scale: CDELT1 and CDELT2, or a CD matrix with CD1_1 and CD2_2",
+                "anyOf": [scales[0], cd_scales],
+            },
+            {
+                # wcslib refuses RA---TAN with DEC--SIN or with GLAT-TAN: one branch per pair.
+                "description": "CTYPE1/CTYPE2: the longitude and latitude of one frame (RA/DEC, GLON/GLAT, "
+                "ELON/ELAT) in one projection a header can use without parameters: "
+                + ", ".join(FIELD_PROJECTIONS),
+                "anyOf": [
+                    {
+                        "title": f"{code} in {name}",
+                        "properties": {
+                            "CTYPE1": {"const": f"{lon}-{code}"},
+                            "CTYPE2": {"const": f"{lat}-{code}"},
+                        },
+                    }
+                    for name, lon, lat in _CELESTIAL_PAIRS
+                    for code in FIELD_PROJECTIONS
+                ],
+            },
         ]
     return schema
 
@@ -198,18 +216,29 @@ def _where(error: Any) -> str | None:
 def _say(error: Any) -> str:
     """One sentence for a JSON Schema error (jsonschema's message, made about the field)."""
     where = _where(error)
-    if error.validator in ("anyOf", "oneOf") and where is None:
+    if error.validator in ("anyOf", "oneOf"):
+        described = error.schema.get("description") if isinstance(error.schema, dict) else None
         titles = [s.get("title") for s in error.validator_value if isinstance(s, dict) and s.get("title")]
-        return f"needs one of: {'; '.join(titles)}" if titles else error.message
+        need = described or (f"one of: {'; '.join(titles)}" if titles else "")
+        if need:
+            return f"{where}: needs {need}" if where else f"needs {need}"
+    if error.validator == "maxProperties":
+        count = len(error.instance) if isinstance(error.instance, Mapping) else "too many"
+        return f"{where + ': ' if where else ''}{count} keywords; the limit is {error.validator_value}"
     message = error.message
     if len(message) > 300:
         message = message[:300] + "..."
     return f"{where}: {message}" if where and not message.startswith(f"'{where}'") else message
 
 
+def _order(error: Any) -> tuple:
+    # Size first (a 5000-keyword header is refused for its size, not its first missing key).
+    return (error.validator != "maxProperties", len(error.path), str(list(error.path)))
+
+
 def header_errors(header: Any, schema: Mapping[str, Any]) -> list[tuple[str | None, str]]:
     """(keyword, sentence) for each way ``header`` breaks ``schema`` (empty: it conforms)."""
-    errors = sorted(_validator(schema).iter_errors(header), key=lambda e: (len(e.path), str(e.path)))
+    errors = sorted(_validator(schema).iter_errors(header), key=_order)
     return [(_where(e), _say(e)) for e in errors]
 
 
@@ -307,7 +336,7 @@ def validate_hips2fits(params: Mapping[str, str], schema: Mapping[str, Any]) -> 
     """(parameter, sentence) for each way a hips2fits query breaks ``schema``."""
     props = schema["properties"]
     typed = {k: _coerce(v, props[k]) if k in props else v for k, v in params.items()}
-    errors = sorted(_validator(schema).iter_errors(typed), key=lambda e: (len(e.path), str(e.path)))
+    errors = sorted(_validator(schema).iter_errors(typed), key=_order)
     out = []
     for e in errors:
         where = _where(e)

@@ -60,6 +60,8 @@ def check_query(params: Mapping[str, str], limits: Any) -> None:
     if problems:
         missing = any(msg.startswith("needs one of") or "required" in msg for _, msg in problems)
         title = "Missing parameter" if missing else "Invalid parameter"
+        if (problems[0][0] or "").startswith("wcs"):
+            title = "Invalid WCS"
         raise Hips2FitsError(title, "; ".join(msg for _, msg in problems[:5]), field=problems[0][0])
 
 

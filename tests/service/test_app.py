@@ -183,28 +183,41 @@ def test_wcs_validate(app, fits_dir):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["valid"] is True and body["reprojected"]["projection"] == "SIN"
+    # A header the schema allows but wcslib refuses: answered, not an error, and said for people.
     bad = app.client.post("/v1/wcs-validate", json={"fitsHeader": {**header, "CTYPE1": "GLON-XYZ"}})
-    assert bad.status_code == 400 and bad.json()["error"] == "invalid WCS"
-    assert "XYZ" in bad.json()["detail"]
+    assert bad.status_code == 200, bad.text
+    verdict = bad.json()
+    assert verdict["valid"] is False and verdict["reprojected"] is None and verdict["field"] == "CTYPE1"
+    assert "XYZ" in verdict["error"] and "cextern" not in bad.text and ".c:" not in bad.text
+    assert "Unrecognized projection code" in verdict["reason"]  # wcslib's words, kept apart
+    # One the schema forbids (a required keyword missing) is a 422 naming the keyword.
+    missing = app.client.post(
+        "/v1/wcs-validate", json={"fitsHeader": {k: v for k, v in header.items() if k != "NAXIS2"}}
+    )
+    assert missing.status_code == 422 and missing.json()["field"] == "fitsHeader.NAXIS2", missing.text
 
 
 @pytest.mark.parametrize(
     "path,body,status",
     [
-        ("/v1/preview", {**FIELD, "projection": "XYZ"}, 400),
+        ("/v1/preview", {**FIELD, "projection": "XYZ"}, 422),
+        ("/v1/preview", {**FIELD, "projection": "ZPN"}, 422),  # needs PV parameters: not for a field
+        ("/v1/preview", {**FIELD, "fovDeg": 1e-6}, 400),  # below limits.min_fov_deg
+        ("/v1/preview", {**FIELD, "width": "512"}, 422),  # a number as text: the document says integer
+        ("/v1/preview", {**FIELD, "maxCut": "high"}, 422),
         ("/v1/preview", {**FIELD, "fovDeg": 0}, 422),
         ("/v1/preview", {**FIELD, "fovDeg": 400}, 422),
         ("/v1/preview", {**FIELD, "width": 100000}, 400),
         ("/v1/preview", {**FIELD, "dec": 91}, 422),
-        ("/v1/preview", {**FIELD, "colormap": "no-such-map"}, 400),
+        ("/v1/preview", {**FIELD, "colormap": "no-such-map"}, 422),
         ("/v1/preview", {**FIELD, "scale": "cubic"}, 422),
         ("/v1/preview", {**FIELD, "maxCut": "150%"}, 422),
         ("/v1/preview", {**FIELD, "survey": "nope"}, 404),
         ("/v1/preview", {"ra": 1}, 422),
         ("/render/preview", {"tiles": ["http://evil.example/Norder3/Dir0/Npix1.fits"]}, 403),
-        ("/render/preview", {"tiles": ["file:///etc/passwd"]}, 403),
+        ("/render/preview", {"tiles": ["file:///etc/passwd"]}, 422),
         ("/render/preview", {"tiles": []}, 422),
-        ("/v1/wcs-validate", {"fitsHeader": {"NAXIS1": "x"}}, 400),
+        ("/v1/wcs-validate", {"fitsHeader": {"NAXIS1": "x"}}, 422),
     ],
 )
 def test_bad_input_is_a_json_4xx(app, path, body, status):
@@ -212,6 +225,11 @@ def test_bad_input_is_a_json_4xx(app, path, body, status):
     assert r.status_code == status, r.text
     payload = r.json()
     assert payload["error"] and "detail" in payload
+    # The answer names the field at fault: `field`, or pydantic's `loc` of each error.
+    if status == 400:
+        assert payload.get("field"), payload
+    if status == 422:
+        assert payload.get("field") or all(len(d["loc"]) > 1 for d in payload["detail"]), payload
 
 
 def test_non_finite_numbers_are_refused(app):
@@ -239,7 +257,8 @@ def test_request_size_limits(app, upstream):
     for r in (sized, chunked):
         assert r.status_code == 413 and r.json()["error"] == "request body too large", r.text[:300]
     many_keys = app.client.post("/v1/wcs-validate", json={"fitsHeader": {f"K{i}": 1 for i in range(5000)}})
-    assert many_keys.status_code == 400 and "limit is 500" in many_keys.json()["detail"]
+    assert many_keys.status_code == 422 and many_keys.json()["field"] == "fitsHeader", many_keys.text[:300]
+    assert "limit is 500" in many_keys.json()["detail"][0]["msg"]
     url = f"{upstream.url}/cds-dss2-red/Norder3/Dir0/Npix{{}}.fits"
     many_tiles = app.client.post("/render/preview", json={"tiles": [url.format(i) for i in range(65)]})
     assert many_tiles.status_code == 400 and many_tiles.json()["error"] == "too many tiles"
@@ -256,7 +275,9 @@ def test_routing_errors_are_json_too(app):
 
 
 def test_tile_urls_off_root_are_refused(app, upstream):
-    other_port = f"http://127.0.0.1:{upstream.url.rsplit(':', 1)[1]}0/cds-dss2-red/Norder3/Dir0/Npix300.fits"
+    port = int(upstream.url.rsplit(":", 1)[1])
+    other = port + 1 if port < 65535 else port - 1  # a real port, but not the survey root's
+    other_port = f"http://127.0.0.1:{other}/cds-dss2-red/Norder3/Dir0/Npix300.fits"
     r = app.client.post("/render/preview", json={"tiles": [other_port]})
     assert r.status_code == 403
 
