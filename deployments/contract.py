@@ -41,6 +41,13 @@ __all__ = [
     "validate_hips2fits",
 ]
 
+def _named_colours() -> list[str]:
+    from matplotlib import colors
+
+    names = [*colors.BASE_COLORS, *colors.CSS4_COLORS]
+    return [n for n in dict.fromkeys(names) if re.fullmatch(r"[a-z]+", n)]
+
+
 # Regular expressions are written for both Python and ECMA 262 (OpenAPI's dialect): no
 # inline flags, [0-9] rather than \d (Python's \d also matches other scripts' digits).
 
@@ -55,6 +62,10 @@ TILE_URL_PATTERN = (
     r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%!$&'()*+,;=:@-]*)*"
     r"/Norder(?:[0-9]|[12][0-9])/Dir[0-9]{1,20}/Npix[0-9]{1,20}\.(?:fits|jpg|jpeg|png)$"
 )
+#: A colour: '#rrggbb', or one of matplotlib's named colours (CSS4 names and the single
+#: letters), listed so that every engine agrees.
+COLOUR_PATTERN = "^(?:#[0-9a-fA-F]{6}|" + "|".join(sorted(_named_colours(), key=lambda n: (-len(n), n))) + ")$"  # noqa: E501
+
 #: FITS keyword syntax (up to 8 of A-Z 0-9 - _), or "" for blank cards.
 FITS_KEYWORD = r"^[A-Z0-9_-]{0,8}$"
 #: Printable ASCII, as a FITS card value holds.
@@ -493,6 +504,8 @@ def document_limits(spec: dict[str, Any], limits: Any) -> None:
         "fovDeg": {"minimum": limits.min_fov_deg, "maximum": limits.max_fov_deg},
         "tiles": {"maxItems": limits.max_tiles},
     }
+    if hasattr(limits, "max_layers"):
+        by_field["layers"] = {"maxItems": limits.max_layers}
     for name, schema in spec.get("components", {}).get("schemas", {}).items():
         if not name.endswith("Request"):
             continue

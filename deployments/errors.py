@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from skyrender.errors import InvalidWCSError, SkyRenderError
+from skyrender.layers import LayerCoverageError
 
 from . import upstream
 from .contracts import TilesLost
@@ -89,6 +90,8 @@ _MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
     (upstream.UpstreamTimeout, 504, "upstream timeout"),
     (upstream.UpstreamHTTPError, 502, "upstream error"),
     (upstream.TileTooLarge, 502, "upstream tile too large"),
+    # A layer with no data in the field: nothing there to find, not a malformed request.
+    (LayerCoverageError, 404, "outside coverage"),
     (InvalidWCSError, 400, "invalid WCS"),
     (SkyRenderError, 400, "invalid request"),
 )

@@ -56,7 +56,7 @@ def check_layer_count(config: AppConfig, count: int) -> None:
     """400 past ``limits.max_layers``."""
     limit = config.limits.max_layers
     if count > limit:
-        raise ApiError(400, "too many layers", f"{count} layers; the limit is {limit}")
+        raise ApiError(400, "too many layers", f"{count} layers; the limit is {limit}", field="layers")
 
 
 def _natural_key(epoch: str) -> list:
@@ -70,7 +70,7 @@ def survey_epochs(config: AppConfig, name: str) -> list[str]:
     Raises
     ------
     ApiError
-        404 for an unknown survey, 400 for a survey without epochs.
+        404 for an unknown survey or a survey without epochs.
     """
     matches = [s for s in config.surveys if name == s.name or name in s.aliases]
     if not matches:
@@ -78,18 +78,29 @@ def survey_epochs(config: AppConfig, name: str) -> list[str]:
         raise ApiError(404, "unknown survey", f"no survey {name!r}; configured: {known}")
     epochs = sorted({s.epoch for s in matches if s.epoch is not None}, key=_natural_key)
     if not epochs:
-        raise ApiError(400, "no epochs", f"survey {name!r} has no epochs configured")
+        # Not found: this survey has no epochs to compare (a well-formed request all the same).
+        raise ApiError(404, "no epochs", f"survey {name!r} has no epochs configured", field="survey")
     return epochs
 
 
 async def plan_layer(svc: Services, geom: OutputGeometry, name: str, epoch: str | None) -> PlannedLayer:
-    """Plan one layer on ``geom``: 404 for an unknown survey or epoch, 400 outside its coverage."""
+    """Plan one layer on ``geom``: 404 for an unknown survey or epoch, or a field outside its coverage."""
     cfg = svc.catalogue.config_for(name, epoch)
     survey = await svc.catalogue.survey(cfg)
-    plan = await asyncio.to_thread(plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name))
+    plan = await asyncio.to_thread(
+        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
+    )
     label = layer_label(name, epoch)
+    if survey.is_colour:  # said before any render (the combine stage would say it after)
+        raise ApiError(
+            400,
+            "colour survey",
+            f"layer {label} is a colour survey: layers must be single-band",
+            field="layers",
+        )
     if not plan.tiles:
-        raise ApiError(400, "outside coverage", f"layer {label}: the field is outside the survey's coverage")
+        # The survey has no data there: nothing to find (404), not a malformed request.
+        raise ApiError(404, "outside coverage", f"layer {label}: the field is outside the survey's coverage")
     check_tile_count(svc.config.limits, len(plan.tiles))
     fmt = survey.data_format
     requests = tuple(

@@ -7,11 +7,31 @@ portal's (camelCase, as NestJS sends them).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints
 
-from .models import COLORMAP, EPOCH, HEIGHT, MAX_CUT, MIN_CUT, PROJECTION, SCALE, WIDTH, Cut, Stretch, _Body
+from .contract import COLOUR_PATTERN
+from .models import (
+    COLORMAP,
+    EPOCH,
+    HEIGHT,
+    MAX_CUT,
+    MIN_CUT,
+    PROJECTION,
+    SCALE,
+    WIDTH,
+    Colormap,
+    Cut,
+    Pixels,
+    Projection,
+    Stretch,
+    _Body,
+    _whole,
+)
+
+#: A colour: a matplotlib named colour or '#rrggbb' (the document lists the names).
+Colour = Annotated[str, StringConstraints(pattern=COLOUR_PATTERN)]
 
 
 class _Field(_Body):
@@ -20,9 +40,9 @@ class _Field(_Body):
     ra: float = Field(ge=-360, le=360, description="centre right ascension, ICRS [deg]")
     dec: float = Field(ge=-90, le=90, description="centre declination, ICRS [deg]")
     fovDeg: float = Field(gt=0, le=360, description="field of view along the larger side [deg]")
-    width: int = Field(512, ge=1, description=WIDTH)
-    height: int = Field(512, ge=1, description=HEIGHT)
-    projection: str = Field("TAN", max_length=8, description=PROJECTION)
+    width: Pixels = Field(512, ge=1, description=WIDTH)
+    height: Pixels = Field(512, ge=1, description=HEIGHT)
+    projection: Projection = Field("TAN", description=PROJECTION)
     rotation: float = Field(0.0, ge=-360, le=360, description="sky rotation, CROTA2 convention [deg]")
 
 
@@ -31,7 +51,7 @@ class Layer(_Body):
 
     survey: str = Field(max_length=128, description="a configured survey's name or alias")
     epoch: str | None = Field(None, max_length=32, description=EPOCH)
-    colormap: str = Field("gray", max_length=64, description=COLORMAP)
+    colormap: Colormap = Field("gray", description=COLORMAP)
     scale: Stretch = Field("linear", description=SCALE)
     minCut: Cut = Field(None, description=MIN_CUT)
     maxCut: Cut = Field(None, description=MAX_CUT)
@@ -61,7 +81,7 @@ class ContourOptions(_Body):
     levelUnit: Literal["sigma", "data"] = Field(
         "sigma", description="sigma: multiples of the layer's robust noise (MAD x 1.4826); data: data units"
     )
-    color: str = Field("white", max_length=32, description="line colour: a name or '#rrggbb'")
+    color: Colour = Field("white", description="line colour: a matplotlib colour name or '#rrggbb'")
     lineWidth: float = Field(1.5, gt=0, le=32, description="line width [output pixels]")
 
 
@@ -74,6 +94,33 @@ class CompositeRequest(_Field):
     * ``contours``: contours of the second layer over the first (``contours`` options);
       ``format: geojson`` returns the lines in ICRS (RA/Dec, degrees) instead.
     """
+
+    # What the mode needs, said in the document (the route checks the same).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                *(
+                    {
+                        "if": {"properties": {"mode": {"const": mode}}, "required": ["mode"]},
+                        "then": {"properties": {"layers": {"minItems": count, "maxItems": count}}},
+                    }
+                    for mode, count in (("rgb", 3), ("lupton", 3), ("contours", 2))
+                ),
+                {
+                    "if": {"properties": {"mode": {"const": "overlay"}}, "required": ["mode"]},
+                    "then": {"properties": {"layers": {"minItems": 2}}},
+                },
+                {
+                    "if": {"properties": {"mode": {"const": "contours"}}, "required": ["mode"]},
+                    "then": {"required": ["contours"], "properties": {"contours": {"type": "object"}}},
+                },
+                {
+                    "if": {"properties": {"format": {"const": "geojson"}}, "required": ["format"]},
+                    "then": {"properties": {"mode": {"const": "contours"}}},
+                },
+            ]
+        }
+    )
 
     mode: Literal["rgb", "lupton", "overlay", "contours"] = Field(description="how the layers combine")
     layers: list[Layer] = Field(
@@ -92,6 +139,7 @@ class _Epochs(_Field):
         None,
         min_length=1,
         description="epochs to compare, earliest first (default: every configured epoch of the survey)",
+        json_schema_extra={"uniqueItems": True},
     )
 
 
@@ -103,11 +151,12 @@ class DifferenceRequest(_Epochs):
         min_length=2,
         max_length=2,
         description="[earlier, later]: the answer is later minus earlier (default: the two latest epochs)",
+        json_schema_extra={"uniqueItems": True},
     )
     format: Literal["png", "jpeg", "fits"] = Field(
         "png", description="png/jpeg picture, or float32 FITS with the WCS and both epochs in the header"
     )
-    colormap: str = Field("RdBu_r", max_length=64, description="diverging colormap, centred on zero")
+    colormap: Colormap = Field("RdBu_r", description="diverging colormap, centred on zero")
     scale: Stretch = Field("linear", description=SCALE + ", applied symmetrically about zero")
     minCut: Cut = Field(None, description="lower cut (default: -maxCut)")
     maxCut: Cut = Field(None, description="upper cut (default: the 99.5% percentile of |difference|)")
@@ -117,8 +166,10 @@ class BlinkRequest(_Epochs):
     """``POST /v1/epochs/blink``: one frame per epoch, same cuts and stretch, looping."""
 
     format: Literal["apng", "gif"] = Field("apng", description="animated PNG or GIF")
-    frameMs: int = Field(700, ge=20, le=10_000, description="time each frame shows [ms]")
-    colormap: str = Field("gray", max_length=64, description=COLORMAP)
+    frameMs: Annotated[int, BeforeValidator(_whole)] = Field(
+        700, ge=20, le=10_000, description="time each frame shows [ms]"
+    )
+    colormap: Colormap = Field("gray", description=COLORMAP)
     scale: Stretch = Field("linear", description=SCALE)
     minCut: Cut = Field(None, description=MIN_CUT + "; over all frames")
     maxCut: Cut = Field(None, description=MAX_CUT + "; over all frames")

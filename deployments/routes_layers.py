@@ -31,7 +31,7 @@ from .layer_models import (
     StatsRequest,
     StatsResponse,
 )
-from .limits import field_geometry
+from .limits import field_geometry, requested_size
 from .models import ErrorBody
 from .services import Services, ServicesDep
 
@@ -58,9 +58,8 @@ def _responses(*media: str, description: str) -> dict[int | str, dict[str, Any]]
 
 def _geometry(svc: Services, body: Any) -> OutputGeometry:
     lim = svc.config.limits
-    return field_geometry(
-        lim, body.ra, body.dec, body.fovDeg, body.width, body.height, body.projection, body.rotation
-    )
+    width, height = requested_size(body, lim)
+    return field_geometry(lim, body.ra, body.dec, body.fovDeg, width, height, body.projection, body.rotation)
 
 
 async def _plan_all(

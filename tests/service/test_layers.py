@@ -298,7 +298,7 @@ def _bad(field):
         ("/v1/composite", _contour_body(field, "irac4", ["three", 5]), 422),
         ("/v1/composite", _contour_body(field, "irac4", ["3"]), 422),
         ("/v1/composite", _contour_body(field, "irac4", []), 422),
-        ("/v1/epochs/difference", {**field, **m, "ra": 10.0, "dec": 10.0}, 400),
+        ("/v1/epochs/difference", {**field, **m, "ra": 10.0, "dec": 10.0}, 404),  # no data there
         ("/v1/composite", {**field, "mode": "rgb", "layers": [{"survey": "irac4"}] * 2}, 400),
         (
             "/v1/composite",
@@ -314,9 +314,9 @@ def _bad(field):
         (
             "/v1/composite",
             {**field, "mode": "overlay", "layers": [{"survey": "irac4", "colormap": "nope"}] * 2},
-            400,
+            422,  # the document lists the colormaps
         ),
-        ("/v1/epochs/difference", {**field, "survey": "irac4"}, 400),
+        ("/v1/epochs/difference", {**field, "survey": "irac4"}, 404),  # a survey without epochs
         ("/v1/epochs/stats", {**field, **m, "position": {"ra": 10, "dec": 10, "radiusArcsec": 5}}, 400),
         (
             "/v1/composite",
@@ -336,4 +336,4 @@ def test_every_bad_input_is_a_4xx_with_a_reason(app, field):
 
 def test_outside_coverage_names_the_layer(app, field):
     r = app.client.post("/v1/epochs/difference", json={**field, "survey": "magpis", "ra": 10.0, "dec": 10.0})
-    assert r.status_code == 400 and "coverage" in r.text and "magpis@" in r.text
+    assert r.status_code == 404 and "coverage" in r.text and "magpis@" in r.text
