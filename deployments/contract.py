@@ -41,6 +41,7 @@ __all__ = [
     "validate_hips2fits",
 ]
 
+
 def _named_colours() -> list[str]:
     from matplotlib import colors
 
@@ -64,7 +65,9 @@ TILE_URL_PATTERN = (
 )
 #: A colour: '#rrggbb', or one of matplotlib's named colours (CSS4 names and the single
 #: letters), listed so that every engine agrees.
-COLOUR_PATTERN = "^(?:#[0-9a-fA-F]{6}|" + "|".join(sorted(_named_colours(), key=lambda n: (-len(n), n))) + ")$"  # noqa: E501
+COLOUR_PATTERN = (
+    "^(?:#[0-9a-fA-F]{6}|" + "|".join(sorted(_named_colours(), key=lambda n: (-len(n), n))) + ")$"
+)  # noqa: E501
 
 #: FITS keyword syntax (up to 8 of A-Z 0-9 - _), or "" for blank cards.
 FITS_KEYWORD = r"^[A-Z0-9_-]{0,8}$"
@@ -368,36 +371,37 @@ def form_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hips2fits_parameters(schema: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """OpenAPI query parameters of ``GET /hips2fits``.
+    """OpenAPI query parameters of ``GET /hips2fits``: the field's, each with its schema.
 
-    Query parameters cannot say "these six, or ``wcs``": the field's six are marked required
-    and ``wcs`` (JSON) documents that it replaces them; the POST form states the choice.
+    ``wcs`` (a JSON FITS header that replaces the six field parameters, as astroquery's
+    ``query_with_wcs`` sends it) is described in the operation's text: query parameters
+    cannot say "these six, or that one", and a JSON object inside a query string is not
+    something OpenAPI tools generate reliably. The service validates it with the same
+    schema (`header_schema` with ``render=True``).
     """
     out = []
     for name, prop in schema["properties"].items():
-        description = prop.get("description", "")
         if name == "wcs":
-            out.append(
-                {
-                    "name": "wcs",
-                    "in": "query",
-                    "required": False,
-                    "description": description + "; when given, the field parameters are not needed",
-                    "content": {"application/json": {"schema": {k: v for k, v in prop.items()}}},
-                }
-            )
             continue
-        required = name == "hips" or name in HIPS2FITS_FIELD
         out.append(
             {
                 "name": name,
                 "in": "query",
-                "required": required,
-                "description": description,
+                "required": name == "hips" or name in HIPS2FITS_FIELD,
+                "description": prop.get("description", ""),
                 "schema": {k: v for k, v in prop.items() if k != "description"},
             }
         )
     return out
+
+
+WCS_NOTE = (
+    "\n\nInstead of the six field parameters (width, height, projection, fov, ra, dec), a `wcs` "
+    "parameter may give the output WCS as a JSON FITS header with NAXIS1/NAXIS2 (what astroquery's "
+    "`query_with_wcs` sends): CTYPE1/CTYPE2 a longitude/latitude pair of one frame in one projection "
+    "without parameters, CDELT1/CDELT2 (or CD1_1/CD2_2) within ±180 deg and non-zero, NAXIS1/NAXIS2 "
+    "within the width/height limits."
+)
 
 
 # -- the document ------------------------------------------------------------------------------
@@ -566,6 +570,9 @@ def install_openapi(app: Any, limits: Any) -> None:
         paths = spec.get("paths", {})
         if "get" in paths.get("/hips2fits", {}):
             paths["/hips2fits"]["get"]["parameters"] = hips2fits_parameters(schema)
+            paths["/hips2fits"]["get"]["description"] = (
+                paths["/hips2fits"]["get"].get("description", "") + WCS_NOTE
+            )
         if "post" in paths.get("/hips2fits", {}):
             paths["/hips2fits"]["post"]["requestBody"] = {
                 "required": True,

@@ -50,7 +50,8 @@ def contour_levels(image: np.ndarray, levels: Sequence[float], *, in_sigma: bool
     Raises
     ------
     DisplayError
-        No level, too many, a non-finite one, or σ-levels on a field without noise.
+        No level, too many, or a non-finite one. σ-levels on a field without noise give no
+        level (an empty list).
     """
     values = list(levels)
     if not values:
@@ -66,9 +67,9 @@ def contour_levels(image: np.ndarray, levels: Sequence[float], *, in_sigma: bool
         return [float(v) for v in values]
     sigma = robust_noise(image)
     if not sigma > 0:
-        raise DisplayError(
-            "the contour layer has no measurable noise in this field: give levels in data units"
-        )
+        # A field without noise (constant, or no data) has nothing to contour at k x sigma:
+        # no levels, so the picture comes without lines rather than as an error.
+        return []
     return [float(v) * sigma for v in values]
 
 

@@ -198,7 +198,8 @@ def combine(spec: Spec, images: Sequence[np.ndarray], opts: PictureOptions | Non
     if isinstance(spec, ContourSpec):
         base, layer = images
         levels = contour_levels(layer, spec.levels, in_sigma=spec.in_sigma)
-        traced = trace_contours(layer, levels, list(spec.levels) if spec.in_sigma else None)
+        sigmas = list(spec.levels) if spec.in_sigma and levels else None  # no noise: no levels
+        traced = trace_contours(layer, levels, sigmas)
         if spec.format == "geojson":
             return _json(contours_geojson(traced, spec.geometry), "application/geo+json")
         picture = draw_contours(spec.displays[0].picture(base), traced, spec.colour, spec.line_width)

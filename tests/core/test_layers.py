@@ -288,3 +288,10 @@ def test_blink_frames_share_cuts_and_animate(renders):
             assert np.array_equal(rgb[ok], f.lut[f.index][ok])
     with pytest.raises(EncodeError):
         encode_animation(frames, "mp4")
+
+
+def test_sigma_contours_of_a_field_without_noise_are_none():
+    # Any request the document allows is answered: k x sigma of a flat field has no line.
+    from skyrender.contours import contour_levels
+
+    assert contour_levels(np.full((16, 16), 3.0, np.float32), [3.0, 5.0], in_sigma=True) == []

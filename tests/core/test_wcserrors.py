@@ -47,3 +47,4 @@ def test_every_field_projection_makes_a_geometry(code):
     for fov in (1e-4, 360.0):
         for dec in (-90.0, 0.0, 90.0):
             make_geometry(359.9, dec, fov, 4096, 1, code, 33.0)
+
