@@ -92,7 +92,9 @@ def run_schemathesis(url: str, report: Path, *extra: str) -> dict:
         "--workers", "2", "--request-timeout", "60", "--max-response-time", "60", "--continue-on-failure",
         "--report", "json", "--report-json-path", str(report), *extra,
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    # In the report's directory: schemathesis keeps a crash cache in its working directory, which
+    # would replay earlier runs' failures first (and land in the repository).
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=report.parent)
     if not report.is_file():
         raise AssertionError(f"schemathesis did not run: {run.stdout[-3000:]}{run.stderr[-3000:]}")
     result = json.loads(report.read_text())
