@@ -40,15 +40,19 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-def create_app(services: Services | None = None) -> FastAPI:
-    """The app, serving with ``services`` (None: only the OpenAPI document is usable)."""
+def create_app(services: Services | None = None, limits: LimitsConfig | None = None) -> FastAPI:
+    """The app, serving with ``services`` (None: only the OpenAPI document is usable).
+
+    ``limits`` (default: the services' configuration, else the defaults) are the ones the
+    document states.
+    """
     app = FastAPI(
         title="skyrender",
         version=skyrender.__version__,
         description="Rendering tier of the VLASS sky portal: HiPS tiles to PNG/JPEG previews and snapshots.",
     )
     app.state.services = services
-    app.state.limits = services.config.limits if services is not None else None
+    app.state.limits = services.config.limits if services is not None else limits
     # Starlette runs the middleware added last first: the request context sees every answer;
     # method handling (Allow, OPTIONS, HEAD) is innermost, next to the routes it inspects.
     app.add_middleware(MethodHandling)

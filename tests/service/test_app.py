@@ -19,7 +19,7 @@ from skyrender.geometry import make_geometry
 from skyrender.properties import load_survey
 from skyrender.render import render_field
 
-from .serve_harness import REPO_ROOT, ServeApp
+from .serve_harness import REPO_ROOT, ServeApp, load_config
 
 CACHE_BYTES = 8 * 1024 * 1024  # 8 DSS2 tiles (512² float32): small enough to evict
 
@@ -68,10 +68,25 @@ def _core_render(survey_url: str, geom) -> np.ndarray:
     return render_field(geom, load_survey(survey_url), load)
 
 
+def _document(limits: dict) -> dict:
+    """The OpenAPI document the code gives under these limits (what an ingress serves)."""
+    from deployments.app import create_app
+    from deployments.config import LimitsConfig
+
+    return json.loads(json.dumps(create_app(limits=LimitsConfig.model_validate(limits)).openapi()))
+
+
 def test_openapi_is_served_and_checked_in(app):
     served = app.client.get("/openapi.json").json()
+    # The document states the configured limits: this app's (the test's small ones) ...
+    assert served == _document(app.config["applications"][0]["args"].get("limits", {}))
+    assert served["components"]["schemas"]["RenderTilesRequest"]["properties"]["tiles"]["maxItems"] == 64
+    # ... and with serve_config.yaml's, it is the checked-in one.
+    shipped = load_config()["applications"][0]["args"].get("limits", {})
     checked_in = json.loads((REPO_ROOT / "docs" / "openapi.json").read_text())
-    assert served == checked_in, "docs/openapi.json is stale: regenerate with scripts/export_openapi.py"
+    assert _document(shipped) == checked_in, (
+        "docs/openapi.json is stale: regenerate with scripts/export_openapi.py"
+    )
     for path in (
         "/render/preview",
         "/render/snapshot",
