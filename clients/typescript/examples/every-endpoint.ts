@@ -142,7 +142,10 @@ async function main(): Promise<number> {
     assert(typeof s.cache === "object" && s.cache !== null, "no cache counters");
     return `cache ${JSON.stringify(s.cache).slice(0, 80)}`;
   });
-  const cutout = { hips: survey ?? "", ra, dec, fov, width: "200", height: "100", projection: "TAN" };
+  const cutout = {
+    hips: survey ?? "", ra: Number(ra), dec: Number(dec), fov: Number(fov), width: 200, height: 100,
+    projection: "TAN" as const,
+  };
   await check("GET /hips2fits", async () => expectPng(await sky.hips2fits({ ...cutout, format: "png" }), 200, 100));
   await check("POST /hips2fits", async () => {
     const fits = await sky.hips2fitsForm({ ...cutout, format: "fits" });

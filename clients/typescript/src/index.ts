@@ -174,7 +174,7 @@ export class SkyrenderService {
     return image(await this.client.GET("/hips2fits", { params: { query }, parseAs: "arrayBuffer" }));
   }
 
-  /** `POST /hips2fits`: the same cutout with the parameters as form fields (the document has no body schema). */
+  /** `POST /hips2fits`: the same cutout with the parameters as form fields. */
   async hips2fitsForm(query: Hips2FitsQuery): Promise<RenderedImage> {
     const form = new URLSearchParams();
     for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null) form.set(k, String(v));

@@ -34,6 +34,11 @@ export interface paths {
         /**
          * Hips2Fits Get
          * @description CDS hips2fits-compatible cutout (astroquery's ``hips2fits`` client works unchanged).
+         *
+         *     Its parameters are documented from the schema the query is validated with
+         *     (`deployments.contract.hips2fits_schema`).
+         *
+         *     Instead of the six field parameters (width, height, projection, fov, ra, dec), a `wcs` parameter may give the output WCS as a JSON FITS header with NAXIS1/NAXIS2 (what astroquery's `query_with_wcs` sends): CTYPE1/CTYPE2 a longitude/latitude pair of one frame in one projection without parameters, CDELT1/CDELT2 (or CD1_1/CD2_2) within ±180 deg and non-zero, NAXIS1/NAXIS2 within the width/height limits.
          */
         get: operations["hips2fits_get_hips2fits_get"];
         put?: never;
@@ -271,7 +276,12 @@ export interface paths {
         put?: never;
         /**
          * Wcs Validate
-         * @description Check a FITS header's WCS; describe what it maps to (400 with wcslib's reason if invalid).
+         * @description Check a FITS header's WCS and describe what it maps to.
+         *
+         *     A header the document's schema allows is answered 200: ``valid`` says whether wcslib
+         *     can use it, and when not, ``error`` says why (``field``: the keyword at fault,
+         *     ``reason``: wcslib's own words). A header the schema forbids (a required keyword
+         *     missing, a value of the wrong type, a name that is no FITS keyword) is a 422 naming it.
          */
         post: operations["wcs_validate_v1_wcs_validate_post"];
         delete?: never;
@@ -293,8 +303,9 @@ export interface components {
              * Colormap
              * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
              * @default gray
+             * @enum {string}
              */
-            colormap?: string;
+            colormap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             /**
              * Dec
              * @description centre declination, ICRS [deg]
@@ -343,8 +354,9 @@ export interface components {
              * Projection
              * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
              * @default TAN
+             * @enum {string}
              */
-            projection?: string;
+            projection?: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH";
             /**
              * Ra
              * @description centre right ascension, ICRS [deg]
@@ -428,8 +440,9 @@ export interface components {
              * Projection
              * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
              * @default TAN
+             * @enum {string}
              */
-            projection?: string;
+            projection?: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH";
             /**
              * Ra
              * @description centre right ascension, ICRS [deg]
@@ -447,7 +460,7 @@ export interface components {
              * @default 512
              */
             width?: number;
-        };
+        } & (unknown & unknown & unknown & unknown & unknown & unknown);
         /**
          * ContourOptions
          * @description Contour lines of the second layer (drawn over the first).
@@ -455,7 +468,7 @@ export interface components {
         ContourOptions: {
             /**
              * Color
-             * @description line colour: a name or '#rrggbb'
+             * @description line colour: a matplotlib colour name or '#rrggbb'
              * @default white
              */
             color?: string;
@@ -545,8 +558,9 @@ export interface components {
              * Colormap
              * @description diverging colormap, centred on zero
              * @default RdBu_r
+             * @enum {string}
              */
-            colormap?: string;
+            colormap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             /**
              * Dec
              * @description centre declination, ICRS [deg]
@@ -589,8 +603,9 @@ export interface components {
              * Projection
              * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
              * @default TAN
+             * @enum {string}
              */
-            projection?: string;
+            projection?: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH";
             /**
              * Ra
              * @description centre right ascension, ICRS [deg]
@@ -673,7 +688,7 @@ export interface components {
         ErrorBody: {
             /**
              * Detail
-             * @description what was wrong: a message, or pydantic's list of field errors
+             * @description what was wrong: a message, or a list of {loc, msg, type}
              */
             detail?: unknown;
             /**
@@ -681,6 +696,16 @@ export interface components {
              * @description short error class, e.g. 'invalid WCS', 'upstream unavailable'
              */
             error: string;
+            /**
+             * Field
+             * @description the request field (or FITS keyword) at fault
+             */
+            field?: string | null;
+            /**
+             * Reason
+             * @description the underlying library's reason (wcslib, astropy)
+             */
+            reason?: string | null;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -696,8 +721,9 @@ export interface components {
              * Colormap
              * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
              * @default gray
+             * @enum {string}
              */
-            colormap?: string;
+            colormap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             /**
              * Epoch
              * @description survey epoch, e.g. VLASS '2.1'; selects among the configured surveys of that epoch
@@ -784,8 +810,9 @@ export interface components {
              * Projection
              * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
              * @default TAN
+             * @enum {string}
              */
-            projection?: string;
+            projection?: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH";
             /**
              * Ra
              * @description field centre right ascension, ICRS [deg]
@@ -894,8 +921,9 @@ export interface components {
              * Colormap
              * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
              * @default viridis
+             * @enum {string}
              */
-            colormap?: string;
+            colormap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             /**
              * Dec
              * @description centre declination, ICRS [deg]
@@ -938,8 +966,9 @@ export interface components {
              * Projection
              * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
              * @default TAN
+             * @enum {string}
              */
-            projection?: string;
+            projection?: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH";
             /**
              * Ra
              * @description centre right ascension, ICRS [deg]
@@ -979,8 +1008,9 @@ export interface components {
              * Colormap
              * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
              * @default viridis
+             * @enum {string}
              */
-            colormap?: string;
+            colormap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             /**
              * Height
              * @description output height [pixels]
@@ -1025,8 +1055,9 @@ export interface components {
              * Colormap
              * @description matplotlib colormap name (viridis, gray, magma, ...); `_r` reverses; colour surveys ignore it
              * @default viridis
+             * @enum {string}
              */
-            colormap?: string;
+            colormap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             /**
              * Height
              * @description output height [pixels]
@@ -1094,8 +1125,9 @@ export interface components {
              * Projection
              * @description wcslib projection code: TAN (default), SIN, AIT, MOL, CAR, ZEA, STG, ...
              * @default TAN
+             * @enum {string}
              */
-            projection?: string;
+            projection?: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH";
             /**
              * Ra
              * @description centre right ascension, ICRS [deg]
@@ -1246,23 +1278,58 @@ export interface components {
          * @description ``POST /v1/wcs-validate``.
          */
         WcsValidateRequest: {
-            /**
-             * Fitsheader
-             * @description FITS header keywords (NAXIS1/2, CTYPE, CRVAL, ...)
-             */
-            fitsHeader: {
-                [key: string]: unknown;
-            };
+            /** @description FITS header keywords (NAXIS1/2, CTYPE1/2, CDELT1/2 or CD, CRVAL, CRPIX, ...) */
+            fitsHeader: ({
+                /** @description pixel scale along x [deg] */
+                CDELT1?: number | string;
+                /** @description pixel scale along y [deg] */
+                CDELT2?: number | string;
+                COMMENT?: string | string[];
+                /** @description reference pixel x (1-based) */
+                CRPIX1?: number | string;
+                /** @description reference pixel y (1-based) */
+                CRPIX2?: number | string;
+                /** @description longitude of the reference point [deg] */
+                CRVAL1?: number | string;
+                /** @description latitude of the reference point [deg] */
+                CRVAL2?: number | string;
+                /** @description longitude axis type, e.g. RA---TAN, GLON-AIT */
+                CTYPE1: string;
+                /** @description latitude axis type, e.g. DEC--TAN, GLAT-AIT */
+                CTYPE2: string;
+                HISTORY?: string | string[];
+                /** @description image width [pixels] */
+                NAXIS1: number;
+                /** @description image height [pixels] */
+                NAXIS2: number;
+            } & {
+                [key: string]: (string | number | boolean) | (number | string) | string | (number | string);
+            }) | unknown | unknown | unknown | unknown | unknown;
         };
         /** WcsValidateResponse */
         WcsValidateResponse: {
             /**
+             * Error
+             * @description why it is not valid, as a sentence about the header
+             */
+            error?: string | null;
+            /**
+             * Field
+             * @description the keyword at fault, when one can be named
+             */
+            field?: string | null;
+            /**
+             * Reason
+             * @description wcslib's or astropy's own words, when they gave a reason
+             */
+            reason?: string | null;
+            /**
              * Reprojected
-             * @description what it describes: projection, frame, centre (ra, dec) [deg], pixel scale [deg], image size [pixels], rotation [deg], the four corners (ra, dec) [deg]
+             * @description what it describes (valid headers): projection, frame, centre (ra, dec) [deg], pixel scale [deg], image size [pixels], rotation [deg], the four corners (ra, dec) [deg]
              */
             reprojected: {
                 [key: string]: unknown;
-            };
+            } | null;
             /**
              * Valid
              * @description true: wcslib accepts the header's celestial WCS
@@ -1296,50 +1363,62 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description an upstream survey is unreachable */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
         };
     };
     hips2fits_get_hips2fits_get: {
         parameters: {
-            query?: {
-                /** @description survey name or HiPS ID (required) */
-                hips?: string | null;
-                /** @description output width [pixels] */
-                width?: string | null;
-                /** @description output height [pixels] */
-                height?: string | null;
+            query: {
+                /** @description survey name or HiPS ID */
+                hips: string;
+                /** @description [pixels] */
+                width: number;
+                /** @description [pixels] */
+                height: number;
                 /** @description wcslib projection code */
-                projection?: string | null;
-                /** @description field of view, larger side [deg] */
-                fov?: string | null;
-                /** @description centre right ascension, ICRS [deg] */
-                ra?: string | null;
-                /** @description centre declination, ICRS [deg] */
-                dec?: string | null;
-                /** @description icrs | galactic: frame of the projection */
-                coordsys?: string | null;
-                /** @description rotation [deg] */
-                rotation_angle?: string | null;
-                /** @description JSON FITS header with NAXIS1/NAXIS2, instead of the field */
-                wcs?: string | null;
-                /** @description fits | jpg | png */
-                format?: string | null;
-                /** @description lower cut: value, or percent like '0.5%' */
-                min_cut?: string | null;
-                /** @description upper cut: value, or percent like '99.5%' */
-                max_cut?: string | null;
-                /** @description linear | sqrt | log | asinh | power */
-                stretch?: string | null;
-                /** @description matplotlib colormap name */
-                cmap?: string | null;
+                projection: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH" | "azp" | "szp" | "tan" | "stg" | "sin" | "arc" | "zea" | "air" | "cyp" | "cea" | "car" | "mer" | "sfl" | "par" | "mol" | "ait" | "pco" | "tsc" | "csc" | "qsc" | "hpx" | "xph";
+                /** @description field of view along the larger side [deg] */
+                fov: number;
+                /** @description centre, ICRS [deg] */
+                ra: number;
+                /** @description centre, ICRS [deg] */
+                dec: number;
+                /** @description frame of the projection (default icrs) */
+                coordsys?: "icrs" | "galactic";
+                /** @description [deg] */
+                rotation_angle?: number;
+                /** @description output format (default fits) */
+                format?: "fits" | "jpg" | "jpeg" | "png";
+                /** @description value, or percent (0.5%) */
+                min_cut?: string;
+                /** @description value, or percent (99.5%) */
+                max_cut?: string;
+                /** @description default linear */
+                stretch?: "linear" | "sqrt" | "log" | "asinh" | "power";
+                /** @description matplotlib colormap (default Greys_r) */
+                cmap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
             };
-            header?: never;
+            header?: {
+                /** @description ETags of copies the caller holds: a match is a 304 without rendering */
+                "If-None-Match"?: string;
+            };
             path?: never;
             cookie?: never;
         };
@@ -1348,6 +1427,10 @@ export interface operations {
             /** @description the cutout */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1356,27 +1439,57 @@ export interface operations {
                     "image/png": unknown;
                 };
             };
+            /** @description Not Modified: If-None-Match matched */
+            304: {
+                headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description bad query: JSON {title, description} */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description unknown HiPS: JSON {title, description} */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description too many request header fields */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
                 };
             };
             /** @description upstream errors: JSON {title, description} */
@@ -1384,21 +1497,42 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description upstream unavailable: JSON {title, description} */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description upstream too slow: JSON {title, description} */
             504: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
         };
     };
@@ -1409,11 +1543,64 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody?: never;
+        /** @description the GET parameters as form fields; a `wcs` field (JSON, as in GET) replaces the six field parameters */
+        requestBody: {
+            content: {
+                "application/x-www-form-urlencoded": {
+                    /**
+                     * @description matplotlib colormap (default Greys_r)
+                     * @enum {unknown}
+                     */
+                    cmap?: "Accent" | "Accent_r" | "Blues" | "Blues_r" | "BrBG" | "BrBG_r" | "BuGn" | "BuGn_r" | "BuPu" | "BuPu_r" | "CMRmap" | "CMRmap_r" | "Dark2" | "Dark2_r" | "GnBu" | "GnBu_r" | "Grays" | "Grays_r" | "Greens" | "Greens_r" | "Greys" | "Greys_r" | "OrRd" | "OrRd_r" | "Oranges" | "Oranges_r" | "PRGn" | "PRGn_r" | "Paired" | "Paired_r" | "Pastel1" | "Pastel1_r" | "Pastel2" | "Pastel2_r" | "PiYG" | "PiYG_r" | "PuBu" | "PuBuGn" | "PuBuGn_r" | "PuBu_r" | "PuOr" | "PuOr_r" | "PuRd" | "PuRd_r" | "Purples" | "Purples_r" | "RdBu" | "RdBu_r" | "RdGy" | "RdGy_r" | "RdPu" | "RdPu_r" | "RdYlBu" | "RdYlBu_r" | "RdYlGn" | "RdYlGn_r" | "Reds" | "Reds_r" | "Set1" | "Set1_r" | "Set2" | "Set2_r" | "Set3" | "Set3_r" | "Spectral" | "Spectral_r" | "Wistia" | "Wistia_r" | "YlGn" | "YlGnBu" | "YlGnBu_r" | "YlGn_r" | "YlOrBr" | "YlOrBr_r" | "YlOrRd" | "YlOrRd_r" | "afmhot" | "afmhot_r" | "autumn" | "autumn_r" | "berlin" | "berlin_r" | "binary" | "binary_r" | "bone" | "bone_r" | "brg" | "brg_r" | "bwr" | "bwr_r" | "cividis" | "cividis_r" | "cool" | "cool_r" | "coolwarm" | "coolwarm_r" | "copper" | "copper_r" | "cubehelix" | "cubehelix_r" | "flag" | "flag_r" | "gist_earth" | "gist_earth_r" | "gist_gray" | "gist_gray_r" | "gist_grey" | "gist_grey_r" | "gist_heat" | "gist_heat_r" | "gist_ncar" | "gist_ncar_r" | "gist_rainbow" | "gist_rainbow_r" | "gist_stern" | "gist_stern_r" | "gist_yarg" | "gist_yarg_r" | "gist_yerg" | "gist_yerg_r" | "gnuplot" | "gnuplot2" | "gnuplot2_r" | "gnuplot_r" | "gray" | "gray_r" | "grey" | "grey_r" | "hot" | "hot_r" | "hsv" | "hsv_r" | "inferno" | "inferno_r" | "jet" | "jet_r" | "magma" | "magma_r" | "managua" | "managua_r" | "nipy_spectral" | "nipy_spectral_r" | "ocean" | "ocean_r" | "okabe_ito" | "okabe_ito_r" | "pink" | "pink_r" | "plasma" | "plasma_r" | "prism" | "prism_r" | "rainbow" | "rainbow_r" | "seismic" | "seismic_r" | "spring" | "spring_r" | "summer" | "summer_r" | "tab10" | "tab10_r" | "tab20" | "tab20_r" | "tab20b" | "tab20b_r" | "tab20c" | "tab20c_r" | "terrain" | "terrain_r" | "turbo" | "turbo_r" | "twilight" | "twilight_r" | "twilight_shifted" | "twilight_shifted_r" | "vanimo" | "vanimo_r" | "viridis" | "viridis_r" | "winter" | "winter_r";
+                    /**
+                     * @description frame of the projection (default icrs)
+                     * @enum {unknown}
+                     */
+                    coordsys?: "icrs" | "galactic";
+                    /** @description centre, ICRS [deg] */
+                    dec: number;
+                    /**
+                     * @description output format (default fits)
+                     * @enum {unknown}
+                     */
+                    format?: "fits" | "jpg" | "jpeg" | "png";
+                    /** @description field of view along the larger side [deg] */
+                    fov: number;
+                    /** @description [pixels] */
+                    height: number;
+                    /** @description survey name or HiPS ID */
+                    hips: string;
+                    /** @description value, or percent (99.5%) */
+                    max_cut?: string;
+                    /** @description value, or percent (0.5%) */
+                    min_cut?: string;
+                    /**
+                     * @description wcslib projection code
+                     * @enum {unknown}
+                     */
+                    projection: "AZP" | "SZP" | "TAN" | "STG" | "SIN" | "ARC" | "ZEA" | "AIR" | "CYP" | "CEA" | "CAR" | "MER" | "SFL" | "PAR" | "MOL" | "AIT" | "PCO" | "TSC" | "CSC" | "QSC" | "HPX" | "XPH" | "azp" | "szp" | "tan" | "stg" | "sin" | "arc" | "zea" | "air" | "cyp" | "cea" | "car" | "mer" | "sfl" | "par" | "mol" | "ait" | "pco" | "tsc" | "csc" | "qsc" | "hpx" | "xph";
+                    /** @description centre, ICRS [deg] */
+                    ra: number;
+                    /** @description [deg] */
+                    rotation_angle?: number;
+                    /**
+                     * @description default linear
+                     * @enum {unknown}
+                     */
+                    stretch?: "linear" | "sqrt" | "log" | "asinh" | "power";
+                    /** @description [pixels] */
+                    width: number;
+                };
+            };
+        };
         responses: {
             /** @description the cutout */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1427,35 +1614,112 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description unknown HiPS: JSON {title, description} */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
+            };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
+            };
+            /** @description the request does not conform to this document: detail lists each field */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description upstream errors: JSON {title, description} */
             502: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description upstream unavailable: JSON {title, description} */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
             /** @description upstream too slow: JSON {title, description} */
             504: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        /** @description what was wrong */
+                        description: string;
+                        /** @description short error class, e.g. 'Invalid parameter' */
+                        title: string;
+                    };
+                };
             };
         };
     };
@@ -1475,6 +1739,10 @@ export interface operations {
             /** @description the rendered image; WCS in X-WCS */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1509,13 +1777,31 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description upstream returned errors or unusable tiles */
@@ -1563,6 +1849,10 @@ export interface operations {
             /** @description the rendered image; WCS in X-WCS */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1597,13 +1887,31 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description upstream returned errors or unusable tiles */
@@ -1677,8 +1985,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description the body does not match the schema */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1756,8 +2082,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description the body does not match the schema */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1836,8 +2180,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description the body does not match the schema */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1914,8 +2276,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description the body does not match the schema */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1968,6 +2348,10 @@ export interface operations {
             /** @description the rendered image; WCS in X-WCS */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2002,13 +2386,31 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description upstream returned errors or unusable tiles */
@@ -2060,6 +2462,24 @@ export interface operations {
                     };
                 };
             };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable, or the service is overloaded (Retry-After says when to retry) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     surveys_v1_surveys_get: {
@@ -2078,6 +2498,24 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SurveyList"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable, or the service is overloaded (Retry-After says when to retry) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -2131,13 +2569,31 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description upstream returned errors or unusable tiles */
@@ -2191,7 +2647,7 @@ export interface operations {
                     "application/json": components["schemas"]["WcsValidateResponse"];
                 };
             };
-            /** @description Bad Request */
+            /** @description invalid input: the message names the field */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2200,13 +2656,40 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
+            /** @description request body over the configured limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description too many request header fields */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description upstream unavailable, or the service is overloaded (Retry-After says when to retry) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
