@@ -108,4 +108,6 @@ def test_example_calls_every_endpoint(installed, app):
     by_name = {c["endpoint"]: c["detail"] for c in checks}
     assert by_name["POST /v1/preview"].startswith("PNG 320x240")
     assert by_name["POST /render/snapshot"].startswith("PNG 512x512")
-    assert by_name["POST /v1/wcs-validate (bad header: 400)"].startswith("400 {error:")
+    refused = by_name["POST /v1/wcs-validate (header wcslib refuses: valid false)"]
+    assert refused.startswith("valid: false, field CTYPE1")
+    assert by_name["POST /v1/wcs-validate (required keyword missing: 422)"].startswith("422 {error:")

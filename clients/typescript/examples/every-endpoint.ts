@@ -109,17 +109,25 @@ async function main(): Promise<number> {
     assert(r.projection === "SIN", `projection ${String(r.projection)}`);
     return `valid: ${JSON.stringify(r).slice(0, 80)}`;
   });
-  await check("POST /v1/wcs-validate (bad header: 400)", async () => {
+  await check("POST /v1/wcs-validate (header wcslib refuses: valid false)", async () => {
+    const v = await sky.validateWcs({ ...header, CTYPE1: "RA---XYZ", CTYPE2: "DEC--XYZ" });
+    assert(v.valid === false && v.reprojected === null, "a bad WCS header was called valid");
+    assert(v.field === "CTYPE1" && typeof v.error === "string" && v.error.includes("XYZ"), `said ${v.error}`);
+    assert(!JSON.stringify(v).includes(".c:"), "wcslib's C file names leaked");
+    return `valid: false, field ${v.field}: ${String(v.error).slice(0, 60)}`;
+  });
+  await check("POST /v1/wcs-validate (required keyword missing: 422)", async () => {
+    const { NAXIS2: _dropped, ...incomplete } = header;
     try {
-      await sky.validateWcs({ ...header, CTYPE1: "RA---XYZ", CTYPE2: "DEC--XYZ" });
+      await sky.validateWcs(incomplete);
     } catch (err) {
       assert(err instanceof SkyrenderApiError, `not an API error: ${String(err)}`);
-      assert(err.status === 400, `status ${err.status}`);
+      assert(err.status === 422, `status ${err.status}`);
       assert(typeof err.error === "string" && err.error.length > 0, "no error");
-      assert(typeof err.detail === "string" && err.detail.length > 0, "no detail");
-      return `400 {error: "${err.error}", detail: "${String(err.detail).slice(0, 60)}"}`;
+      assert(JSON.stringify(err.detail).includes("NAXIS2"), "the missing keyword is not named");
+      return `422 {error: "${err.error}", detail names NAXIS2}`;
     }
-    throw new Error("a bad WCS header was accepted");
+    throw new Error("a header without NAXIS2 was accepted");
   });
   await check("GET /healthz", async () => {
     const h = await sky.health();
