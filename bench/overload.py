@@ -48,6 +48,7 @@ class Outcome:
     seconds: float
     retry_after: str | None = None
     error: str = ""
+    app_s: float | None = None  # Server-Timing "app": the time inside the ingress [s]
 
 
 @dataclass
@@ -78,6 +79,9 @@ async def _client(http: httpx.AsyncClient, stop_at: float, phase: Phase, rng: np
         try:
             r = await http.post("/v1/preview", json={**body, "ra": ra, "dec": dec})
             outcome = Outcome(r.status_code, time.perf_counter() - t0, r.headers.get("retry-after"))
+            timing = r.headers.get("server-timing", "")
+            if "app;dur=" in timing:
+                outcome.app_s = float(timing.rsplit("app;dur=", 1)[1].split(",")[0]) / 1e3
             if r.status_code != 200:
                 outcome.error = r.text[:200]
         except httpx.HTTPError as exc:
@@ -159,6 +163,10 @@ def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: flo
     advised = sorted({o.retry_after for o in refusals if o.retry_after})
     print(f"  refusals (503/429): {len(refusals)}, {with_ra} with Retry-After (values {advised[:8]}), "
           f"p99 {p99:.1f} ms   target all with Retry-After, p99 <= 100 ms  [{verdict}]")  # fmt: skip
+    inside = [o.app_s for o in refusals if o.app_s is not None]
+    if inside:
+        print(f"    of which inside the ingress (Server-Timing app): p50 {ms(inside, 50):.1f} ms, "
+              f"p99 {ms(inside, 99):.1f} ms; the rest is HTTP, Serve's proxy and the client")  # fmt: skip
     n504 = sum(1 for o in overload.outcomes if o.status == 504)
     verdict = "ok" if not n504 else "MISSED"
     print(f"  504s: {n504}   target 0 (the upstream here is a fast loopback server)  [{verdict}]")

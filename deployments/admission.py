@@ -6,12 +6,11 @@ Two halves, no Ray here:
   is busy (busy time between completions, divided by the work completed: with four renders
   sharing the cores this is a quarter of one render's wall time), and one request's time in
   the stage. Each answer carries a `StageReport`.
-* `AdmissionControl`, in the ingress: from the reports, each stage's throughput (the sum over
-  its live replicas of 1 / service time); the bottleneck's throughput drains the work already
-  admitted, then the newcomer crosses the stages. A request whose estimated finish is after
-  its deadline is refused at once, with a ``Retry-After`` from the same estimate. The estimate
-  is corrected by how far the past ones missed (an EWMA of actual / estimated), which also
-  covers what one ingress replica cannot see: other ingress replicas sharing the stages.
+* `AdmissionControl`, in the ingress: the work already admitted divided by the throughput is
+  the time a newcomer would take. The throughput is the ingress's measured completion rate
+  while it is busy, else the stages' model from their reports (the bottleneck's sum over its
+  live replicas of 1 / service time). A request whose estimated finish is after its deadline
+  is refused at once, with a ``Retry-After`` from the same estimate.
 
 Work is counted in megapixels of output (compose and encode cost grows with the pixels), with a
 floor so that tiny renders still count for their fixed costs.
@@ -22,12 +21,18 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["AdmissionControl", "Decision", "ServiceClock", "StageReport", "work_units"]
+__all__ = ["AdmissionControl", "Decision", "ServiceClock", "StageReport", "size_class", "work_units"]
 
 #: Work of the smallest request [megapixels]: below this a render's fixed costs dominate.
 MIN_WORK = 0.05
+
+
+def size_class(work: float) -> int:
+    """Requests within a factor of two of each other in work share a class (for measured times)."""
+    return int(math.floor(math.log2(max(work, MIN_WORK) / MIN_WORK)))
 
 
 def work_units(width: int, height: int) -> float:
@@ -81,6 +86,7 @@ class ServiceClock:
         self._gap = 0.0  # EWMA of busy seconds between completions
         self._work = 0.0  # EWMA of work per completion [Mpx]
         self._latency = 0.0  # EWMA of one request's seconds per Mpx
+        self._by_size: dict[int, float] = {}  # size class -> EWMA of one request's seconds
         self._samples = 0
         self._lock = threading.Lock()
 
@@ -106,6 +112,9 @@ class ServiceClock:
             self._gap += a * (gap - self._gap)
             self._work += a * (work - self._work)
             self._latency += a * (seconds / work - self._latency)
+            size = size_class(work)
+            known = self._by_size.get(size)
+            self._by_size[size] = seconds if known is None else known + self.alpha * (seconds - known)
             self._samples += 1
         return seconds
 
@@ -127,8 +136,12 @@ class ServiceClock:
         return self._latency
 
     def needed_s(self, work: float) -> float:
-        """The time this stage is expected to take for ``work`` megapixels [s] (0 before any)."""
-        return self._latency * max(work, MIN_WORK)
+        """The time this stage took for requests of this size lately [s] (0 before any of that size).
+
+        Measured per size class rather than extrapolated: small renders' fixed costs would
+        make a big one look impossible, and a request never measured is never dropped for it.
+        """
+        return self._by_size.get(size_class(work), 0.0)
 
     def report(self, queue_wait_s: float = 0.0, seconds: float = 0.0) -> StageReport:
         return StageReport(
@@ -151,8 +164,9 @@ class Decision:
         When refused: whole seconds until the work ahead has drained enough.
     ahead_work : float
         Work admitted and not finished at this ingress [Mpx].
-    bottleneck : str
-        The stage with the lowest throughput ("" before any measurement).
+    basis : str
+        What the estimate rests on: ``measured`` (the completion rate), the bottleneck stage
+        (the stages' model), or "" (nothing measured yet).
     """
 
     admit: bool
@@ -160,8 +174,7 @@ class Decision:
     remaining_s: float
     retry_after_s: int = 0
     ahead_work: float = 0.0
-    bottleneck: str = ""
-    raw_estimate_s: float = 0.0  # before the correction: what `done` compares the actual time with
+    basis: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -169,7 +182,7 @@ class Decision:
             "remaining_s": round(self.remaining_s, 4),
             "retry_after_s": self.retry_after_s,
             "ahead_mpx": round(self.ahead_work, 4),
-            "bottleneck": self.bottleneck,
+            "basis": self.basis,
         }
 
 
@@ -182,6 +195,15 @@ class _Stage:
 class AdmissionControl:
     """The ingress's estimator (one per ingress replica; not thread-safe: call from its event loop).
 
+    The time a newcomer would take is the work ahead of it divided by the throughput, or the
+    time to cross the stages when nothing is ahead. The throughput is the ingress's own
+    completion rate over the last ``window_s`` while it has been busy all along (Little's law:
+    the work in flight over the rate at which it leaves is the time spent inside, whether
+    below or above capacity, and it covers what one replica cannot see: other ingress
+    replicas sharing the stages, replicas sharing cores). Before such a window exists (after
+    a quiet spell) it is the stages' model: the bottleneck's sum over its live replicas of
+    1 / service time.
+
     Parameters
     ----------
     stages : tuple[str, ...]
@@ -190,8 +212,10 @@ class AdmissionControl:
         Time kept free before the deadline for the answer's way back [s].
     replica_ttl_s : float
         A replica not heard from for this long no longer counts [s].
-    alpha : float
-        EWMA weight of a new correction sample.
+    window_s : float
+        How far back the completion rate is measured [s].
+    min_completions : int
+        Completions the window needs before its rate is trusted.
     """
 
     def __init__(
@@ -199,13 +223,16 @@ class AdmissionControl:
         stages: tuple[str, ...] = ("fetch", "compose", "encode"),
         margin_s: float = 0.1,
         replica_ttl_s: float = 30.0,
-        alpha: float = 0.2,
+        window_s: float = 2.0,
+        min_completions: int = 4,
     ):
         self.stages = {name: _Stage() for name in stages}
-        self.margin_s, self.replica_ttl_s, self.alpha = margin_s, replica_ttl_s, alpha
+        self.margin_s, self.replica_ttl_s = margin_s, replica_ttl_s
+        self.window_s, self.min_completions = window_s, min_completions
         self.ahead_work = 0.0
         self.in_flight = 0
-        self.correction = 1.0  # EWMA of actual / estimated finish times
+        self._busy_since: float | None = None  # when in_flight last went from 0 to 1
+        self._completions: deque[tuple[float, float]] = deque()  # (time, work) of completed renders
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -221,8 +248,8 @@ class AdmissionControl:
             if r.latency_s_per_work > 0:
                 stage.latency = r.latency_s_per_work
 
-    def _throughput(self, now: float) -> tuple[float, str]:
-        """The bottleneck stage's throughput [Mpx/s] and its name; (inf, "") before measurements."""
+    def _model_rate(self, now: float) -> tuple[float, str]:
+        """The bottleneck stage's modelled throughput [Mpx/s] and its name; (inf, "") before measurements."""
         best, name = math.inf, ""
         for stage_name, stage in self.stages.items():
             live = [s for s, seen in stage.replicas.values() if now - seen <= self.replica_ttl_s and s > 0]
@@ -233,42 +260,63 @@ class AdmissionControl:
                 best, name = rate, stage_name
         return best, name
 
-    def estimate(self, work: float, now: float | None = None) -> tuple[float, str]:
-        """Estimated seconds to finish ``work`` megapixels admitted now (uncorrected), and the bottleneck."""
+    def measured_rate(self, now: float | None = None) -> float | None:
+        """Work completed per second over the last window while busy all along [Mpx/s], or None."""
         now = time.monotonic() if now is None else now
-        rate, bottleneck = self._throughput(now)
+        while self._completions and self._completions[0][0] < now - self.window_s:
+            self._completions.popleft()
+        if self._busy_since is None:
+            return None
+        start = max(now - self.window_s, self._busy_since)
+        done = [w for t, w in self._completions if t >= start]
+        if now - start < 0.5 * self.window_s or len(done) < self.min_completions:
+            return None
+        return sum(done) / (now - start)
+
+    def estimate(self, work: float, now: float | None = None) -> tuple[float, str]:
+        """Estimated seconds to finish ``work`` megapixels admitted now, and what the estimate rests on.
+
+        The second item is ``measured`` (the completion rate), the bottleneck stage's name (the
+        model), or "" (nothing measured yet: 0 s).
+        """
+        now = time.monotonic() if now is None else now
+        crossing = sum(stage.latency for stage in self.stages.values()) * max(work, 0.0)
+        rate = self.measured_rate(now)
+        if rate is not None and rate > 0:
+            return max((self.ahead_work + work) / rate, crossing), "measured"
+        model, bottleneck = self._model_rate(now)
         if not bottleneck:
             return 0.0, ""
-        crossing = sum(stage.latency for stage in self.stages.values()) * max(work, 0.0)
-        return self.ahead_work / rate + crossing, bottleneck
+        return self.ahead_work / model + crossing, bottleneck
 
     # -- decisions -------------------------------------------------------------------------
 
     def decide(self, work: float, remaining_s: float, now: float | None = None) -> Decision:
         """Admit (and count) ``work`` megapixels with ``remaining_s`` before their deadline, or refuse."""
-        raw, bottleneck = self.estimate(work, now)
-        estimate = self.correction * raw
+        now = time.monotonic() if now is None else now
+        estimate, basis = self.estimate(work, now)
         ahead = self.ahead_work
         if remaining_s <= 0:
-            return Decision(False, estimate, remaining_s, 1, ahead, bottleneck, raw)
+            return Decision(False, estimate, remaining_s, 1, ahead, basis)
         # With nothing in flight the request is admitted whatever the (possibly stale) estimate
         # says: the stages still drop it if they cannot finish it, and it refreshes the measures.
         if estimate + self.margin_s > remaining_s and self.in_flight > 0:
             # The work ahead must drain by (estimate - remaining) before a newcomer fits.
             retry = max(1, math.ceil(estimate + self.margin_s - remaining_s))
-            return Decision(False, estimate, remaining_s, retry, ahead, bottleneck, raw)
+            return Decision(False, estimate, remaining_s, retry, ahead, basis)
         self.ahead_work += work
         self.in_flight += 1
-        return Decision(True, estimate, remaining_s, 0, ahead, bottleneck, raw)
+        if self.in_flight == 1:
+            self._busy_since = now
+        return Decision(True, estimate, remaining_s, 0, ahead, basis)
 
-    def done(self, work: float, decision: Decision, actual_s: float | None = None) -> None:
-        """An admitted request has left (answered, failed or dropped).
-
-        ``actual_s``, the request's time from admission to its answer, corrects later
-        estimates when the request completed normally.
-        """
+    def done(self, work: float, completed: bool = False, now: float | None = None) -> None:
+        """An admitted request has left: answered (``completed``), failed or dropped."""
+        now = time.monotonic() if now is None else now
         self.ahead_work = max(self.ahead_work - work, 0.0)
         self.in_flight = max(self.in_flight - 1, 0)
-        if actual_s is not None and decision.raw_estimate_s > 0.05:
-            ratio = min(max(actual_s / decision.raw_estimate_s, 0.5), 4.0)
-            self.correction += self.alpha * (ratio - self.correction)
+        if completed:
+            self._completions.append((now, work))
+        if self.in_flight == 0:
+            self._busy_since = None
+            self.ahead_work = 0.0  # no drift from float sums

@@ -3,6 +3,7 @@ exists, else numpy). The sky math is the core's (`skyrender.render.reproject`)."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -12,6 +13,8 @@ from ray import serve
 
 from .config import AppConfig
 from .contracts import Composed, FetchedTiles, RenderSpec, TilesLost
+from .deadline import Budget
+from .shedding import StageGuard, yield_cpu
 from .telemetry import metrics, observe_stage
 
 __all__ = ["Compose"]
@@ -27,6 +30,9 @@ class Compose:
         self.config = AppConfig.model_validate(config)
         self.backend, self._blender = _pick_backend(self.config.render.backend)
         self.store_reads = 0
+        self.renders = 0  # reprojections computed by this replica (/healthz shows it)
+        self.guard = StageGuard("compose")
+        self._niced_at = 0.0
         log.info("compose backend: %s", self.backend)
         m = metrics()
         if m is not None:
@@ -62,13 +68,37 @@ class Compose:
             "sampling": self.config.render.sampling,
             "node_id": ray.get_runtime_context().get_node_id(),
             "tiles_read_from_object_store": self.store_reads,
+            "renders": self.renders,
+            "service_s_per_mpx": round(self.guard.clock.service_s_per_work, 4),
         }
         if self._blender is not None:
             info["adapter"] = self._blender.adapter_info
         return info
 
-    def render(self, spec: RenderSpec, fetched: FetchedTiles) -> Composed:
-        """Render ``fetched`` tiles onto ``spec.geometry``."""
+    def _yield_cpu(self) -> None:
+        """Keep every thread of this replica (render pools included) at the configured niceness."""
+        now = time.monotonic()
+        if now - self._niced_at > 5.0:
+            self._niced_at = now
+            yield_cpu(self.config.overload.compute_niceness)
+
+    def render(self, spec: RenderSpec, fetched: FetchedTiles, budget: Budget | None = None) -> Composed:
+        """Render ``fetched`` tiles onto ``spec.geometry``, unless it can no longer be in time.
+
+        Raises `deployments.deadline.Shed`, before any work, when ``budget``'s deadline has
+        passed or this replica's measured time for a render of that size no longer fits.
+        """
+        self._yield_cpu()
+        run = self.guard.enter(budget, fetched.finished_at or None)
+        try:
+            composed = self._render(spec, fetched)
+        except BaseException:
+            self.guard.abandon()
+            raise
+        report = self.guard.leave(run, budget)
+        return dataclasses.replace(composed, finished_at=time.time(), reports=(*fetched.reports, report))
+
+    def _render(self, spec: RenderSpec, fetched: FetchedTiles) -> Composed:
         from skyrender.render import reproject
         from skyrender.sampling import TileSet
 
@@ -85,6 +115,7 @@ class Compose:
             grid_blender=self._blender.grid_blend if self._blender is not None else None,
         )
         seconds = time.perf_counter() - start
+        self.renders += 1
         observe_stage("compose", seconds)
         m = metrics()
         if m is not None:

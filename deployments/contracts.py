@@ -16,6 +16,8 @@ import numpy as np
 from skyrender.display import Cut
 from skyrender.geometry import OutputGeometry
 
+from .admission import StageReport
+
 __all__ = [
     "Composed",
     "DisplaySpec",
@@ -140,6 +142,10 @@ class FetchedTiles:
     #: Wall-clock (start, end) of each stage so far [s since the epoch]: the hand-offs between
     #: them are the gaps (same host clock; on a cluster, node clocks' skew adds in).
     stamps: tuple[float, ...] = ()
+    #: When the stage finished (Unix time) [s]: compose's queue wait starts here.
+    finished_at: float = 0.0
+    #: What the stages so far measured (`deployments.admission`), for the ingress's estimator.
+    reports: tuple[StageReport, ...] = ()
 
     def count(self, *kinds: TileOutcome) -> int:
         return sum(self.outcomes.get(k, 0) for k in kinds)
@@ -159,6 +165,8 @@ class Composed:
     fetch_seconds: float = 0.0
     tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)
     stamps: tuple[float, ...] = ()  # fetch's and compose's (start, end), see `FetchedTiles`
+    finished_at: float = 0.0
+    reports: tuple[StageReport, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,7 @@ class EncodedImage:
     tiles_used: int
     tile_outcomes: dict[TileOutcome, int] = field(default_factory=dict)
     stamps: tuple[float, ...] = ()  # fetch's, compose's and encode's (start, end), see `FetchedTiles`
+    reports: tuple[StageReport, ...] = ()
 
 
 class TilesLost(Exception):

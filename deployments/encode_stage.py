@@ -3,6 +3,7 @@ and `skyrender.encode`); the only stage that makes bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ from ray import serve
 
 from .config import AppConfig
 from .contracts import Composed, DisplaySpec, EncodedImage, TileOutcome
+from .deadline import Budget
+from .shedding import StageGuard, yield_cpu
 from .telemetry import observe_stage
 
 __all__ = ["Encode"]
@@ -21,9 +24,33 @@ class Encode:
 
     def __init__(self, config: dict[str, Any]):
         self.config = AppConfig.model_validate(config)
+        self.guard = StageGuard("encode")
+        self._niced_at = 0.0
 
-    def encode(self, spec: DisplaySpec, composed: Composed) -> EncodedImage:
-        """Encode ``composed.image`` as ``spec`` says (png | jpeg | fits)."""
+    def _yield_cpu(self) -> None:
+        """Keep every thread of this replica (render pools included) at the configured niceness."""
+        now = time.monotonic()
+        if now - self._niced_at > 5.0:
+            self._niced_at = now
+            yield_cpu(self.config.overload.compute_niceness)
+
+    def encode(self, spec: DisplaySpec, composed: Composed, budget: Budget | None = None) -> EncodedImage:
+        """Encode ``composed.image`` as ``spec`` says (png | jpeg | fits), unless it can no longer be in time.
+
+        Raises `deployments.deadline.Shed` before any work when ``budget``'s deadline has passed
+        or this replica's measured time no longer fits.
+        """
+        self._yield_cpu()
+        run = self.guard.enter(budget, composed.finished_at or None)
+        try:
+            encoded = self._encode(spec, composed)
+        except BaseException:
+            self.guard.abandon()
+            raise
+        report = self.guard.leave(run, budget)
+        return dataclasses.replace(encoded, reports=(*composed.reports, report))
+
+    def _encode(self, spec: DisplaySpec, composed: Composed) -> EncodedImage:
         from skyrender.display import as_rgb, to_display
         from skyrender.encode import encode_fits, encode_image
 

@@ -7,6 +7,7 @@ timeouts), `deployments.disk_cache` and `deployments.tile_cache`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -19,6 +20,8 @@ from skyrender.errors import TileDecodeError
 
 from .config import AppConfig
 from .contracts import FetchedTiles, TileOutcome, TileRequest
+from .deadline import Budget, Shed
+from .shedding import StageGuard
 from .telemetry import metrics, observe_stage, observe_tile
 
 __all__ = ["TileFetch"]
@@ -65,6 +68,10 @@ class TileFetch:
         )
         self._gauges_at = 0.0
         self._evictions_seen = 0
+        # The fetch stage's time follows the upstream, not the output's size: it checks only
+        # that the deadline has not passed, and bounds its work by the time left.
+        self.guard = StageGuard("fetch", check_need=False)
+        self._downloading: dict[str, int] = {}  # location -> downloads from upstream in progress
 
     async def _raw(self, location: str) -> bytes:
         """Tile bytes: from the disk tier when there, else from upstream (then kept on disk)."""
@@ -76,7 +83,13 @@ class TileFetch:
                 observe_tile(location, "disk")
                 return data
         start = time.perf_counter()
-        data = await self.fetcher.fetch(location)
+        self._downloading[location] = self._downloading.get(location, 0) + 1
+        try:
+            data = await self.fetcher.fetch(location)
+        finally:
+            self._downloading[location] -= 1
+            if not self._downloading[location]:
+                del self._downloading[location]
         observe_tile(location, "downloaded", time.perf_counter() - start, len(data))
         if remote and self.disk is not None:
             await asyncio.to_thread(self.disk.put, location, data)
@@ -103,22 +116,45 @@ class TileFetch:
             m.cache_events.inc(1, tags={"event": "hit" if outcome.from_cache else "miss"})
         return array, outcome
 
-    async def get_tiles(self, requests: list[TileRequest]) -> FetchedTiles:
-        """Fetch the requested tiles concurrently.
+    async def get_tiles(self, requests: list[TileRequest], budget: Budget | None = None) -> FetchedTiles:
+        """Fetch the requested tiles concurrently, within the request's deadline.
 
         Missing tiles (404) and undecodable ones are reported, not raised: the area is
-        rendered as uncovered. Upstream failures (unreachable, timeout, 5xx) raise.
+        rendered as uncovered. Upstream failures (unreachable, timeout, 5xx) raise; so does
+        an upstream still fetching when the deadline comes (`UpstreamTimeout`: a 504), and a
+        request whose deadline has passed before it starts (`Shed`: a 503, nothing fetched).
         """
-        from .upstream import NoUsableTiles, TileNotFound, TileTooLarge
+        run = self.guard.enter(budget)
+        try:
+            fetched = await self._get_tiles(requests, budget)
+        except BaseException:
+            self.guard.abandon()
+            raise
+        report = self.guard.leave(run, budget)
+        return dataclasses.replace(fetched, finished_at=time.time(), reports=(report,))
+
+    async def _get_tiles(self, requests: list[TileRequest], budget: Budget | None) -> FetchedTiles:
+        from .upstream import NoUsableTiles, TileNotFound, TileTooLarge, UpstreamTimeout
 
         start, started_at = time.perf_counter(), time.time()
         tiles: dict[int, Any] = {}
         missing: list[str] = []
         broken: dict[str, str] = {}
         outcomes: dict[TileOutcome, int] = {}
-        results = await asyncio.gather(
+        gathered = asyncio.gather(
             *(self._one(r.key, r.location, r.format) for r in requests), return_exceptions=True
         )
+        # The fetcher's own timeouts hold per tile; the request's deadline bounds them all.
+        left = budget.deadline.remaining() if budget is not None else None
+        try:
+            results = await asyncio.wait_for(gathered, timeout=left)
+        except TimeoutError:
+            assert budget is not None
+            if any(r.location in self._downloading for r in requests):  # waiting for the upstream: 504
+                raise UpstreamTimeout(
+                    f"tiles not fetched within the request's deadline ({budget.deadline.budget_s:.2f} s)"
+                ) from None
+            raise Shed("fetch", "deadline_passed", 1, 0.0, budget.deadline.remaining()) from None
         for req, res in zip(requests, results, strict=True):
             if isinstance(res, TileNotFound):
                 missing.append(req.key)

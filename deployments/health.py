@@ -22,16 +22,60 @@ __all__ = ["router"]
 
 router = APIRouter()
 
+#: How long /healthz waits for a stage's live answer before it reports the last one [s]. Under
+#: overload a question to Compose waits behind the renders queued there; health must not.
+_LIVE_WAIT_S = 0.05
+
+
+class _LastAnswers:
+    """A stage's latest answer to a health question, refreshed in the background (one ingress replica)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, Any]] = {}
+        self._pending: dict[str, asyncio.Task] = {}
+
+    async def get(self, key: str, ask, timeout_s: float, fallback) -> Any:
+        """The live answer if it comes within `_LIVE_WAIT_S`, else the last one (with its age)."""
+        task = self._pending.get(key)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._ask(key, ask, timeout_s, fallback))
+            self._pending[key] = task
+        done, _ = await asyncio.wait({task}, timeout=_LIVE_WAIT_S)
+        if done:
+            return task.result()
+        if key in self._last:
+            at, value = self._last[key]
+            return {**value, "age_s": round(time.monotonic() - at, 3)} if isinstance(value, dict) else value
+        return await task  # nothing known yet: wait for the first answer
+
+    async def _ask(self, key: str, ask, timeout_s: float, fallback) -> Any:
+        try:
+            value = await asyncio.wait_for(ask(), timeout=timeout_s)
+        except Exception as exc:
+            return fallback(exc)
+        self._last[key] = (time.monotonic(), value)
+        return value
+
+
+_answers = _LastAnswers()
+
 
 async def _probe(svc: Services, cfg: SurveyConfig) -> tuple[bool, str]:
     """Is the survey's ``properties`` readable (a local file, or upstream's through the fetch stage)?"""
     if cfg.is_local:
         ok = Path(cfg.url, "properties").is_file()
         return ok, "local directory" if ok else f"{cfg.url}/properties missing"
-    try:
-        return await asyncio.wait_for(svc.fetch.probe.remote(cfg.url), timeout=_stage_timeout(svc))
-    except Exception as exc:
-        return False, f"probe failed: {message_of(unwrap(exc))}"
+    ok, detail = await _answers.get(
+        f"probe {cfg.url}",
+        lambda: _as_coroutine(svc.fetch.probe.remote(cfg.url)),
+        _stage_timeout(svc),
+        lambda exc: (False, f"probe failed: {message_of(unwrap(exc))}"),
+    )
+    return ok, detail
+
+
+async def _as_coroutine(response) -> Any:
+    return await response
 
 
 def _stage_timeout(svc: Services) -> float:
@@ -49,14 +93,21 @@ async def healthz(svc: ServicesDep) -> JSONResponse:
         cfg.name: {"url": cfg.url, "ok": ok, "detail": detail}
         for cfg, (ok, detail) in zip(surveys_cfg, checks, strict=True)
     }
-    try:
-        compose = await asyncio.wait_for(svc.compose.info.remote(), timeout=_stage_timeout(svc))
-    except Exception as exc:  # compose still starting: report, do not fail health for it
-        compose = {"backend": "unknown", "detail": str(exc)}
-    try:
-        cache = await asyncio.wait_for(svc.fetch.cache_stats.remote(), timeout=_stage_timeout(svc))
-    except Exception as exc:
-        cache = {"error": str(exc)}
+    # Compose still starting or busy: report what is known, do not fail health for it.
+    compose, cache = await asyncio.gather(
+        _answers.get(
+            "compose",
+            lambda: _as_coroutine(svc.compose.info.remote()),
+            _stage_timeout(svc),
+            lambda exc: {"backend": "unknown", "detail": str(exc)},
+        ),
+        _answers.get(
+            "cache",
+            lambda: _as_coroutine(svc.fetch.cache_stats.remote()),
+            _stage_timeout(svc),
+            lambda exc: {"error": str(exc)},
+        ),
+    )
     cache_cfg = svc.config.cache
     disk: dict[str, Any] = {"directory": cache_cfg.disk_dir}
     try:

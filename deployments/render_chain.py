@@ -24,10 +24,15 @@ from skyrender.tiles import TileId
 
 from .config import AppConfig, SurveyConfig
 from .contracts import DisplaySpec, EncodedImage, RenderSpec, TileOutcome, TileRequest
+from .deadline import Budget, Deadline, InvalidDeadline, Shed
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
 from .http_cache import CachePolicy, if_none_match, strong_etag, survey_release
 from .limits import check_tile_count
+from .shedding import AdmissionGate, Admitted, shed_from_backpressure
 from .tile_urls import tile_location
+
+#: A stage still computing this long after the deadline is given up on (its answer is useless).
+_GRACE_S = 0.5
 
 __all__ = ["RenderChain"]
 
@@ -43,6 +48,7 @@ class RenderChain:
         self.config = config
         self.fetch, self.compose, self.encode = fetch, compose, encode
         self.cache_policy = CachePolicy()
+        self.gate = AdmissionGate(config.overload)
 
     def etag(
         self,
@@ -69,6 +75,41 @@ class RenderChain:
             skyrender.__version__,
             self.config.render.model_dump(exclude={"num_threads"}),
         )
+
+    def deadline(self, request: Request) -> Deadline:
+        """The request's deadline from its headers or the configuration (400 if unreadable)."""
+        try:
+            return self.gate.deadline(request.headers, getattr(request.state, "arrived_at", None))
+        except InvalidDeadline as exc:
+            raise ApiError(400, "invalid deadline", str(exc)) from None
+
+    def admit(self, request: Request, width: int, height: int) -> Admitted:
+        """Admit the request's render of ``width`` x ``height`` pixels, or refuse it with a 503.
+
+        Routes call this as soon as the request is known to be valid, before any planning, so
+        that a refusal costs next to nothing; `render` admits by itself otherwise. The place is
+        freed when the render leaves, or by the request context when the request ends earlier.
+        """
+        admitted = getattr(request.state, "admitted", None)
+        if isinstance(admitted, Admitted):
+            return admitted
+        deadline = self.deadline(request)
+        try:
+            admitted = self.gate.admit(request.state.request_id, deadline, width, height)
+        except Shed as shed:
+            raise self._shed(request, shed, deadline) from None
+        request.state.admitted = admitted
+        request.state.release_admission = lambda: self.gate.finish(admitted)
+        return admitted
+
+    def _shed(self, request: Request, shed: Shed, deadline: Deadline | None) -> ApiError:
+        """Count and log a dropped request; the 503 that tells the caller when to come back."""
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or request.url.path
+        record = self.gate.record_shed(request.state.request_id, endpoint, shed, deadline)
+        request.state.render.update(outcome="shed", shed=record)
+        error = "deadline exceeded" if shed.reason == "deadline_passed" else "overloaded"
+        return ApiError(503, error, shed.as_dict(), headers={"Retry-After": str(shed.retry_after_s)})
 
     async def render(
         self,
@@ -103,14 +144,21 @@ class RenderChain:
         state.update(
             survey=cfg.name, order=order, tiles_requested=len(tiles), width=geom.width, height=geom.height
         )
-        deadline = self.config.upstream.request_deadline_s + 1.0
+        admitted = self.admit(request, geom.width, geom.height)
+        deadline = admitted.budget.deadline
+        estimate = admitted.decision.estimate_s
+        state.update(deadline_s=round(deadline.budget_s, 3), estimate_s=round(estimate, 3))
         chain_start, dispatched_at = time.perf_counter(), time.time()
         lost: list[str] = []  # replica deaths / lost tiles met by this render
+        budget = dataclasses.replace(admitted.budget, sent_at=time.time())  # the first queue starts now
         try:
-            result = await asyncio.wait_for(self._chain(requests, spec, display, lost), timeout=deadline)
+            result = await asyncio.wait_for(
+                self._chain(requests, spec, display, lost, budget),
+                timeout=max(deadline.remaining(), 0.0) + _GRACE_S,
+            )
         except TimeoutError:
+            self.gate.finish(admitted)
             state["outcome"] = "timeout"
-            log.warning("render %s timed out after %.1f s", request.state.request_id, deadline)
             if lost:  # the retry after a lost worker ran out of time: the service is switching over
                 raise ApiError(
                     503,
@@ -118,16 +166,26 @@ class RenderChain:
                     f"a worker was lost during the render; retry ({lost[0]})",
                     headers={"Retry-After": "1"},
                 ) from None
-            raise ApiError(
-                504, "upstream timeout", f"render did not finish within {deadline:.1f} s"
-            ) from None
-        except ApiError:
-            raise
+            # Every stage checks the deadline before it starts and the fetch stage bounds its
+            # upstream waits by it: what is still running now is our own compute, overrun.
+            shed = Shed("chain", "deadline_passed", 1, admitted.decision.estimate_s, deadline.remaining())
+            raise self._shed(request, shed, deadline) from None
         except Exception as exc:
+            self.gate.finish(admitted)
+            inner = unwrap(exc)
+            if isinstance(inner, Shed):
+                raise self._shed(request, inner, deadline) from None
+            refused = shed_from_backpressure(inner, admitted.decision.estimate_s, deadline.remaining())
+            if refused is not None:
+                raise self._shed(request, refused, deadline) from None
             error = api_error_of(exc)
             state.update(outcome=error.error, cause=str(error.detail))
             log.warning("render %s failed: %s: %s", request.state.request_id, error.error, error.detail)
             raise error from None
+        except BaseException:  # cancelled (the client went away): free its place
+            self.gate.finish(admitted)
+            raise
+        self.gate.finish(admitted, list(result.reports), completed=True)
         returned_at = time.time()
         outcomes = result.tile_outcomes
         state.update(
@@ -162,15 +220,24 @@ class RenderChain:
         return Response(content=result.body, media_type=result.media_type, headers=headers)
 
     async def _chain(
-        self, requests: list[TileRequest], spec: RenderSpec, display: DisplaySpec, lost: list[str]
+        self,
+        requests: list[TileRequest],
+        spec: RenderSpec,
+        display: DisplaySpec,
+        lost: list[str],
+        budget: Budget,
     ) -> EncodedImage:
         """fetch → compose → encode, passing each response on; once more if a replica died
-        (or tiles were lost with a node), noting it in ``lost``."""
+        (or tiles were lost with a node), noting it in ``lost``.
+
+        The budget (deadline and size) goes with the request to every stage, which drops it
+        rather than compute it too late.
+        """
         for attempt in (1, 2):
-            fetched = self.fetch.get_tiles.remote(requests)
-            composed = self.compose.render.remote(spec, fetched)
+            fetched = self.fetch.get_tiles.remote(requests, budget)
+            composed = self.compose.render.remote(spec, fetched, budget)
             try:
-                return await self.encode.encode.remote(display, composed)
+                return await self.encode.encode.remote(display, composed, budget)
             except Exception as exc:
                 if attempt == 2 or not is_replica_death(exc):
                     raise

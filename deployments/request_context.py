@@ -39,6 +39,7 @@ def install_request_context(app: FastAPI) -> None:
         rid = (request.headers.get("x-request-id") or _serve_request_id() or uuid.uuid4().hex)[:128]
         request.state.request_id = rid
         request.state.render = {}
+        request.state.arrived_at = time.time()  # a render's deadline counts from here
         start = time.perf_counter()
         try:
             response = await call_next(request)
@@ -47,6 +48,9 @@ def install_request_context(app: FastAPI) -> None:
             response = JSONResponse(
                 status_code=500, content={"error": "internal error", "detail": type(exc).__name__}
             )
+        release = getattr(request.state, "release_admission", None)
+        if release is not None:  # a render admitted and then refused (a 4xx): free its place
+            release()
         seconds = time.perf_counter() - start
         # The time spent in this replica, beside the stages' own entries (all in ms).
         timing = response.headers.get("server-timing")

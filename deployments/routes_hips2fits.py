@@ -74,8 +74,9 @@ async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str])
         raise Hips2FitsError(
             "Unknown HiPS", f"no configured survey is called or identified by {query.hips!r}", 404
         )
-    survey = await svc.catalogue.survey(cfg)
     geom = query.geometry
+    svc.chain.admit(request, geom.width, geom.height)  # refuse now, before any work, if it cannot be in time
+    survey = await svc.catalogue.survey(cfg)
     plan = await asyncio.to_thread(
         plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
     )

@@ -61,6 +61,7 @@ async def _tiles_render(svc: Services, request: Request, body: RenderTilesReques
         tiles = parse_tile_list(body.tiles)
     except SkyRenderError as exc:
         raise ApiError(400, "invalid tile URL", str(exc), field="tiles") from None
+    svc.chain.admit(request, width, height)  # refuse now, before any work, if it cannot be in time
     survey = await svc.catalogue.survey(cfg)
     try:
         geom = field_of_tiles(tiles, width, height, survey.frame)
@@ -135,8 +136,10 @@ async def tile_manifest(svc: ServicesDep, request: Request, body: ManifestReques
 async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> Response:
     """Render a field of a configured survey as PNG or JPEG, with its WCS in ``X-WCS``."""
     cfg = svc.catalogue.config_for(body.survey, body.epoch)
-    survey = await svc.catalogue.survey(cfg)
     width, height = requested_size(body, svc.config.limits)
+    check_size(svc.config.limits, width, height)
+    svc.chain.admit(request, width, height)  # refuse now, before any work, if it cannot be in time
+    survey = await svc.catalogue.survey(cfg)
     geom = field_geometry(
         svc.config.limits,
         body.ra, body.dec, body.fovDeg, width, height, body.projection, body.rotation,

@@ -23,7 +23,7 @@ from .config import OverloadConfig
 from .deadline import Budget, Deadline, Shed, deadline_from_headers
 from .telemetry import observe_estimate, observe_late_answer, observe_queue_wait, observe_shed
 
-__all__ = ["AdmissionGate", "Admitted", "StageGuard", "StageRun", "shed_from_backpressure"]
+__all__ = ["AdmissionGate", "Admitted", "StageGuard", "StageRun", "shed_from_backpressure", "yield_cpu"]
 
 log = logging.getLogger("ray.serve")
 shed_log = logging.getLogger("ray.serve.skyrender.shed")
@@ -54,10 +54,13 @@ class StageGuard:
     ----------
     stage : str
         ``fetch``, ``compose`` or ``encode``.
+    check_need : bool
+        Also drop a request when the stage's measured time for it no longer fits before its
+        deadline (else only when the deadline has passed).
     """
 
-    def __init__(self, stage: str):
-        self.stage = stage
+    def __init__(self, stage: str, check_need: bool = True):
+        self.stage, self.check_need = stage, check_need
         self.clock = ServiceClock(stage, _replica_name())
 
     def enter(self, budget: Budget | None, ready_at: float | None = None) -> StageRun:
@@ -74,7 +77,7 @@ class StageGuard:
             return StageRun(self.clock.begin(), 0.0)
         waited = time.time() - (ready_at if ready_at is not None else budget.sent_at)
         observe_queue_wait(self.stage, waited)
-        budget.deadline.check(self.stage, self.clock.needed_s(budget.work))
+        budget.deadline.check(self.stage, self.clock.needed_s(budget.work) if self.check_need else 0.0)
         return StageRun(self.clock.begin(), waited)
 
     def leave(self, run: StageRun, budget: Budget | None) -> StageReport:
@@ -86,6 +89,28 @@ class StageGuard:
     def abandon(self) -> None:
         """The request failed inside the stage: count it out without a sample."""
         self.clock.abandon()
+
+
+def yield_cpu(niceness: int) -> None:
+    """Run this process's threads at ``niceness`` (if higher than now): bulk compute yields the cores.
+
+    On a node whose cores are saturated, the ingress and Serve's proxy must still get the CPU
+    for a few milliseconds to refuse a request or answer a health probe; the compose and encode
+    stages give way to them. Raising one's own niceness needs no privilege. Threads started
+    later (render pools) inherit it from the thread that starts them.
+    """
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except OSError:  # the thread ended meanwhile, or no /proc: nothing to do
+            pass
 
 
 def shed_from_backpressure(exc: BaseException, estimate_s: float, remaining_s: float) -> Shed | None:
@@ -101,7 +126,7 @@ def shed_from_backpressure(exc: BaseException, estimate_s: float, remaining_s: f
 class Admitted:
     """A render the gate let in: hand ``budget`` to the stages, then call `AdmissionGate.finish`."""
 
-    endpoint: str
+    request_id: str
     decision: Decision
     budget: Budget
     admitted_at: float = field(default_factory=time.monotonic)
@@ -120,11 +145,14 @@ class AdmissionGate:
         self.config = config
         self.control = AdmissionControl(margin_s=config.margin_s)
 
-    def deadline(self, headers: Mapping[str, str]) -> Deadline:
-        """The request's deadline (`InvalidDeadline` for an unreadable header: a 400)."""
-        return deadline_from_headers(headers, self.config.deadline_s, self.config.max_deadline_s)
+    def deadline(self, headers: Mapping[str, str], arrived_at: float | None = None) -> Deadline:
+        """The request's deadline (`InvalidDeadline` for an unreadable header: a 400).
 
-    def admit(self, endpoint: str, deadline: Deadline, width: int, height: int) -> Admitted:
+        ``arrived_at``: when the request arrived (Unix time) [s]; default now.
+        """
+        return deadline_from_headers(headers, self.config.deadline_s, self.config.max_deadline_s, arrived_at)
+
+    def admit(self, request_id: str, deadline: Deadline, width: int, height: int) -> Admitted:
         """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``)."""
         work = work_units(width, height)
         remaining = deadline.remaining()
@@ -142,26 +170,20 @@ class AdmissionGate:
             raise shed
         if not decision.admit:  # admission off: count it in anyway, the stages still drop late work
             decision = self.control.decide(work, math.inf)
-        return Admitted(endpoint, decision, Budget(deadline, work, time.time()))
+        return Admitted(request_id, decision, Budget(deadline, work, time.time()))
 
     def finish(
         self, admitted: Admitted, reports: list[StageReport] | None = None, completed: bool = False
     ) -> None:
-        """The render has left: free its place; learn from its reports and (if completed) its time."""
+        """The render has left: free its place; learn from its reports; count it if completed."""
         if admitted.done:
             return
         admitted.done = True
-        actual = time.monotonic() - admitted.admitted_at if completed else None
         if reports:
             self.control.observe(reports)
-        self.control.done(admitted.budget.work, admitted.decision, actual)
+        self.control.done(admitted.budget.work, completed)
         if completed and admitted.budget.deadline.expired():
             observe_late_answer()
-
-    def estimate_s(self, width: int, height: int) -> float:
-        """The current estimate for a render of that size [s] (for a refusal Serve made)."""
-        raw, _ = self.control.estimate(work_units(width, height))
-        return raw * self.control.correction
 
     def record_shed(self, request_id: str, endpoint: str, shed: Shed, deadline: Deadline | None) -> dict:
         """Count a dropped request and write its one log line; returns the fields for the response."""
@@ -172,8 +194,7 @@ class AdmissionGate:
             record.update(
                 in_flight=self.control.in_flight,
                 ahead_mpx=round(decision.ahead_work, 4),
-                bottleneck=decision.bottleneck,
-                correction=round(self.control.correction, 3),
+                basis=decision.basis,
             )
         if deadline is not None:
             record.update(deadline_s=round(deadline.budget_s, 3), deadline_source=deadline.source)
