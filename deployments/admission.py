@@ -120,10 +120,11 @@ class ServiceClock:
 
     def abandon(self, now: float | None = None) -> None:
         """A request that `begin` counted ended without completing (it failed): no sample."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             self.ongoing = max(self.ongoing - 1, 0)
-            if not self.ongoing:
-                self._mark = None
+            # The time it held is not service: the next completion's gap starts now.
+            self._mark = now if self.ongoing else None
 
     @property
     def service_s_per_work(self) -> float:
@@ -207,7 +208,11 @@ class AdmissionControl:
     Parameters
     ----------
     stages : tuple[str, ...]
-        The stages a render crosses.
+        The stages a render crosses (their times add up to the crossing time).
+    capacity_stages : tuple[str, ...]
+        The stages whose service time limits the throughput (CPU- or GPU-bound). The fetch
+        stage is not one: it waits on upstreams concurrently, and its time says how slow an
+        upstream is, not how many renders per second the service can make.
     margin_s : float
         Time kept free before the deadline for the answer's way back [s].
     replica_ttl_s : float
@@ -221,12 +226,14 @@ class AdmissionControl:
     def __init__(
         self,
         stages: tuple[str, ...] = ("fetch", "compose", "encode"),
+        capacity_stages: tuple[str, ...] = ("compose", "encode"),
         margin_s: float = 0.1,
         replica_ttl_s: float = 30.0,
         window_s: float = 2.0,
         min_completions: int = 4,
     ):
         self.stages = {name: _Stage() for name in stages}
+        self.capacity_stages = capacity_stages
         self.margin_s, self.replica_ttl_s = margin_s, replica_ttl_s
         self.window_s, self.min_completions = window_s, min_completions
         self.ahead_work = 0.0
@@ -251,7 +258,8 @@ class AdmissionControl:
     def _model_rate(self, now: float) -> tuple[float, str]:
         """The bottleneck stage's modelled throughput [Mpx/s] and its name; (inf, "") before measurements."""
         best, name = math.inf, ""
-        for stage_name, stage in self.stages.items():
+        for stage_name in self.capacity_stages:
+            stage = self.stages[stage_name]
             live = [s for s, seen in stage.replicas.values() if now - seen <= self.replica_ttl_s and s > 0]
             if not live:
                 continue

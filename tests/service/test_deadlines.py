@@ -158,3 +158,22 @@ def test_while_busy_the_measured_completion_rate_decides():
         ac.done(1.0, now=2.0)
     assert ac.in_flight == 0 and ac.measured_rate(now=2.0) is None
     assert ac.estimate(1.0, now=2.0)[1] == "compose"
+
+
+def test_a_slow_upstream_is_not_a_capacity_limit():
+    """Fetch waits on upstreams concurrently: its time is latency, not throughput."""
+    ac = AdmissionControl()
+    ac.observe(_reports(fetch_s=60.0), now=0.0)  # a fetch stage that waited 3 s for 0.05 Mpx
+    assert ac.decide(0.05, 4.0, now=0.0).admit
+    d = ac.decide(0.05, 4.0, now=0.0)
+    assert d.admit and d.basis == "compose"
+
+
+def test_a_failed_request_does_not_count_as_service_time():
+    clock = ServiceClock("fetch", "f1", alpha=1.0)
+    slow = clock.begin(now=0.0)
+    fast = clock.begin(now=0.0)
+    clock.abandon(now=3.0)  # the slow one fails after 3 s
+    del slow
+    clock.end(fast, 1.0, now=3.1)
+    assert clock.service_s_per_work == pytest.approx(0.1)
