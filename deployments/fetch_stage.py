@@ -26,6 +26,10 @@ from .telemetry import metrics, observe_stage, observe_tile
 
 __all__ = ["TileFetch"]
 
+#: A fetch given at least this long before the deadline and still waiting then was waiting on
+#: an upstream (a 504); one given less was starved by our own queues (a 503) [s].
+_UPSTREAM_FAIR_S = 0.5
+
 log = logging.getLogger("ray.serve")
 
 
@@ -71,7 +75,6 @@ class TileFetch:
         # The fetch stage's time follows the upstream, not the output's size: it checks only
         # that the deadline has not passed, and bounds its work by the time left.
         self.guard = StageGuard("fetch", check_need=False)
-        self._downloading: dict[str, int] = {}  # location -> downloads from upstream in progress
 
     async def _raw(self, location: str) -> bytes:
         """Tile bytes: from the disk tier when there, else from upstream (then kept on disk)."""
@@ -83,13 +86,7 @@ class TileFetch:
                 observe_tile(location, "disk")
                 return data
         start = time.perf_counter()
-        self._downloading[location] = self._downloading.get(location, 0) + 1
-        try:
-            data = await self.fetcher.fetch(location)
-        finally:
-            self._downloading[location] -= 1
-            if not self._downloading[location]:
-                del self._downloading[location]
+        data = await self.fetcher.fetch(location)
         observe_tile(location, "downloaded", time.perf_counter() - start, len(data))
         if remote and self.disk is not None:
             await asyncio.to_thread(self.disk.put, location, data)
@@ -149,12 +146,15 @@ class TileFetch:
         try:
             results = await asyncio.wait_for(gathered, timeout=left)
         except TimeoutError:
-            assert budget is not None
-            if any(r.location in self._downloading for r in requests):  # waiting for the upstream: 504
-                raise UpstreamTimeout(
-                    f"tiles not fetched within the request's deadline ({budget.deadline.budget_s:.2f} s)"
-                ) from None
-            raise Shed("fetch", "deadline_passed", 1, 0.0, budget.deadline.remaining()) from None
+            assert budget is not None and left is not None
+            if left < _UPSTREAM_FAIR_S:
+                # Our own queues spent the deadline before the tiles could be read: a 503.
+                raise Shed("fetch", "deadline_passed", 1, 0.0, budget.deadline.remaining()) from None
+            # Tiles read from the cache take milliseconds: these waited on an upstream (directly,
+            # or on the fetch another request leads), which is slow: a 504.
+            raise UpstreamTimeout(
+                f"tiles not fetched within the request's deadline ({budget.deadline.budget_s:.2f} s)"
+            ) from None
         for req, res in zip(requests, results, strict=True):
             if isinstance(res, TileNotFound):
                 missing.append(req.key)

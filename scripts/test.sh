@@ -21,3 +21,4 @@ export XDG_RUNTIME_DIR="$(mktemp -d)"  # Mesa wants a private 0700 runtime dir
 .venv/bin/python bench/bench_service.py --short
 .venv/bin/python bench/bench_layers.py --short
 .venv/bin/python bench/bench_viewer.py --short
+.venv/bin/python bench/overload.py --short
