@@ -221,6 +221,10 @@ class AdmissionControl:
         How far back the completion rate is measured [s].
     min_completions : int
         Completions the window needs before its rate is trusted.
+    model_min_in_flight : int
+        The model refuses nothing while fewer renders are in flight: a replica's service time
+        measured with one render at a time is its latency, not its capacity (it may run several
+        at once), and trusting it at low load would keep the load low for good.
     """
 
     def __init__(
@@ -231,11 +235,13 @@ class AdmissionControl:
         replica_ttl_s: float = 30.0,
         window_s: float = 2.0,
         min_completions: int = 4,
+        model_min_in_flight: int = 8,
     ):
         self.stages = {name: _Stage() for name in stages}
         self.capacity_stages = capacity_stages
         self.margin_s, self.replica_ttl_s = margin_s, replica_ttl_s
         self.window_s, self.min_completions = window_s, min_completions
+        self.model_min_in_flight = model_min_in_flight
         self.ahead_work = 0.0
         self.in_flight = 0
         self._busy_since: float | None = None  # when in_flight last went from 0 to 1
@@ -308,7 +314,8 @@ class AdmissionControl:
             return Decision(False, estimate, remaining_s, 1, ahead, basis)
         # With nothing in flight the request is admitted whatever the (possibly stale) estimate
         # says: the stages still drop it if they cannot finish it, and it refreshes the measures.
-        if estimate + self.margin_s > remaining_s and self.in_flight > 0:
+        floor = 1 if basis == "measured" else self.model_min_in_flight
+        if estimate + self.margin_s > remaining_s and self.in_flight >= floor:
             # The work ahead must drain by (estimate - remaining) before a newcomer fits.
             retry = max(1, math.ceil(estimate + self.margin_s - remaining_s))
             return Decision(False, estimate, remaining_s, retry, ahead, basis)

@@ -127,6 +127,9 @@ class OverloadConfig(BaseModel):
         gt=0,
         description="longest deadline a caller may ask for (Request-Timeout, X-Request-Deadline) [s]",
     )
+    hips2fits_deadline_s: float = Field(
+        10.0, gt=0, description="the default deadline of /hips2fits: scripts wait longer than the portal [s]"
+    )
     admission: bool = Field(True, description="refuse at the ingress what cannot finish by its deadline")
     margin_s: float = Field(0.1, ge=0, description="time kept for the answer's way back to the caller [s]")
     compute_niceness: int = Field(
@@ -135,8 +138,9 @@ class OverloadConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> OverloadConfig:
-        if self.max_deadline_s < self.deadline_s:
-            raise ValueError(f"max_deadline_s {self.max_deadline_s} < deadline_s {self.deadline_s}")
+        longest = max(self.deadline_s, self.hips2fits_deadline_s)
+        if self.max_deadline_s < longest:
+            raise ValueError(f"max_deadline_s {self.max_deadline_s} < a default deadline {longest}")
         return self
 
 

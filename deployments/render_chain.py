@@ -79,7 +79,9 @@ class RenderChain:
     def deadline(self, request: Request) -> Deadline:
         """The request's deadline from its headers or the configuration (400 if unreadable)."""
         try:
-            return self.gate.deadline(request.headers, getattr(request.state, "arrived_at", None))
+            scripts = request.url.path.startswith("/hips2fits")
+            default = self.config.overload.hips2fits_deadline_s if scripts else None
+            return self.gate.deadline(request.headers, getattr(request.state, "arrived_at", None), default)
         except InvalidDeadline as exc:
             raise ApiError(400, "invalid deadline", str(exc)) from None
 

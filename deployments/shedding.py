@@ -145,12 +145,16 @@ class AdmissionGate:
         self.config = config
         self.control = AdmissionControl(margin_s=config.margin_s)
 
-    def deadline(self, headers: Mapping[str, str], arrived_at: float | None = None) -> Deadline:
+    def deadline(
+        self, headers: Mapping[str, str], arrived_at: float | None = None, default_s: float | None = None
+    ) -> Deadline:
         """The request's deadline (`InvalidDeadline` for an unreadable header: a 400).
 
-        ``arrived_at``: when the request arrived (Unix time) [s]; default now.
+        ``arrived_at``: when the request arrived (Unix time) [s], default now; ``default_s``: the
+        deadline when the caller gives none [s], default ``deadline_s``.
         """
-        return deadline_from_headers(headers, self.config.deadline_s, self.config.max_deadline_s, arrived_at)
+        default = self.config.deadline_s if default_s is None else default_s
+        return deadline_from_headers(headers, default, self.config.max_deadline_s, arrived_at)
 
     def admit(self, request_id: str, deadline: Deadline, width: int, height: int) -> Admitted:
         """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``)."""

@@ -107,7 +107,7 @@ def _reports(compose_s=0.1, encode_s=0.01, fetch_s=0.005, replicas=("c1",)):
 
 
 def test_admission_admits_until_the_deadline_then_refuses_with_retry_after():
-    ac = AdmissionControl(margin_s=0.1)
+    ac = AdmissionControl(margin_s=0.1, model_min_in_flight=1)
     # Nothing measured: admitted.
     first = ac.decide(1.0, 4.0, now=0.0)
     assert first.admit and first.estimate_s == 0.0
@@ -162,7 +162,7 @@ def test_while_busy_the_measured_completion_rate_decides():
 
 def test_a_slow_upstream_is_not_a_capacity_limit():
     """Fetch waits on upstreams concurrently: its time is latency, not throughput."""
-    ac = AdmissionControl()
+    ac = AdmissionControl(model_min_in_flight=1)
     ac.observe(_reports(fetch_s=60.0), now=0.0)  # a fetch stage that waited 3 s for 0.05 Mpx
     assert ac.decide(0.05, 4.0, now=0.0).admit
     d = ac.decide(0.05, 4.0, now=0.0)
@@ -177,3 +177,12 @@ def test_a_failed_request_does_not_count_as_service_time():
     del slow
     clock.end(fast, 1.0, now=3.1)
     assert clock.service_s_per_work == pytest.approx(0.1)
+
+
+def test_the_model_does_not_refuse_at_low_load():
+    """Service times measured one render at a time are latencies: a few in flight are always let in."""
+    ac = AdmissionControl(model_min_in_flight=8)
+    ac.observe(_reports(compose_s=30.0), now=0.0)  # 1.5 s per tiny render, as on a starved machine
+    assert all(ac.decide(0.05, 4.0, now=0.0).admit for _ in range(8))
+    refused = ac.decide(0.05, 4.0, now=0.0)
+    assert not refused.admit and refused.basis == "compose"
