@@ -77,7 +77,10 @@ class StageGuard:
             return StageRun(self.clock.begin(), 0.0)
         waited = time.time() - (ready_at if ready_at is not None else budget.sent_at)
         observe_queue_wait(self.stage, waited)
-        budget.deadline.check(self.stage, self.clock.needed_s(budget.work) if self.check_need else 0.0)
+        # An idle replica computes whatever its estimate says: the estimate may be stale (a cold
+        # start, a starved machine), and computing is what refreshes it. Busy, it trusts it.
+        trust = self.check_need and self.clock.ongoing > 0
+        budget.deadline.check(self.stage, self.clock.needed_s(budget.work) if trust else 0.0)
         return StageRun(self.clock.begin(), waited)
 
     def leave(self, run: StageRun, budget: Budget | None) -> StageReport:

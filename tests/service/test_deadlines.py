@@ -186,3 +186,21 @@ def test_the_model_does_not_refuse_at_low_load():
     assert all(ac.decide(0.05, 4.0, now=0.0).admit for _ in range(8))
     refused = ac.decide(0.05, 4.0, now=0.0)
     assert not refused.admit and refused.basis == "compose"
+
+
+def test_an_idle_stage_computes_whatever_its_stale_estimate_says():
+    """A cold first render measured at 19 s must not lock that size out for good."""
+    import time
+
+    from deployments.deadline import Budget
+    from deployments.shedding import StageGuard
+
+    guard = StageGuard("compose")
+    first = guard.enter(None)
+    guard.clock.end(first.started, 0.26, now=first.started + 19.0)
+    now = time.time()
+    budget = Budget(Deadline(now, now + 10.0), 0.26, now)
+    guard.enter(budget)  # idle: computed (and measured again)
+    with pytest.raises(Shed) as shed:  # busy now: the 19 s estimate is trusted
+        guard.enter(budget)
+    assert shed.value.reason == "would_miss_deadline"
