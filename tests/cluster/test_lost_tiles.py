@@ -51,8 +51,8 @@ def test_compose_raises_when_a_tile_reference_cannot_be_read():
             return ray.put(np.full((512, 512), 1, dtype=np.float32))
 
     temp_dir = tempfile.mkdtemp(prefix="skr-lt-", dir="/tmp")  # short: Ray's socket paths
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     try:
+        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
         owner = Owner.remote()
         alive = ray.get(owner.put.remote())
         config = AppConfig(render={"backend": "numpy"}, upstream={"request_deadline_s": 5.0})
