@@ -43,6 +43,8 @@ class CachePolicy:
 
 def _canonical(value: Any) -> Any:
     """JSON-ready form with a single spelling for every value (floats by repr, sorted keys)."""
+    if callable(getattr(value, "wcs_keywords", None)):  # an output geometry: its WCS and size
+        return _canonical([value.wcs_keywords(), value.width, value.height, value.frame])
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _canonical({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     if isinstance(value, Mapping):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.responses import Response
 
+import skyrender
 from skyrender.geometry import OutputGeometry
 from skyrender.layers import Spec
 from skyrender.properties import HipsSurvey
@@ -27,6 +28,7 @@ from skyrender.tiles import TileId
 from .config import AppConfig, SurveyConfig
 from .contracts import EncodedImage, RenderSpec, TileOutcome, TileRequest
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
+from .http_cache import CachePolicy, strong_etag, survey_release
 from .limits import check_tile_count
 from .services import Services
 from .tile_urls import tile_location
@@ -136,6 +138,24 @@ async def _chain(svc: Services, layers: list[PlannedLayer], spec: Spec) -> Encod
     raise AssertionError("unreachable")
 
 
+def layers_etag(svc: Services, geom: OutputGeometry, layers: list[PlannedLayer], spec: Spec) -> str:
+    """Strong ETag of a layered picture: the grid, each layer's survey release and tiles, how
+    they combine, the service version and the rendering configuration."""
+    return strong_etag(
+        "layers",
+        geom,
+        [
+            (layer.label, survey_release(layer.cfg.name, layer.cfg.url, layer.survey.properties),
+             layer.spec.order, [r.key for r in layer.requests])
+            for layer in layers
+        ],
+        type(spec).__name__,
+        spec,
+        skyrender.__version__,
+        svc.config.render.model_dump(exclude={"num_threads"}),
+    )  # fmt: skip
+
+
 async def run_layers(
     svc: Services, request: Request, geom: OutputGeometry, layers: list[PlannedLayer], spec: Spec
 ) -> Response:
@@ -178,7 +198,8 @@ async def run_layers(
         "X-Compose-Backend": result.backend,
         "X-Tiles-Used": str(result.tiles_used),
         "X-Layers": ",".join(layer.label for layer in layers),
-        "Cache-Control": "public, max-age=3600",
+        "ETag": layers_etag(svc, geom, layers, spec),
+        "Cache-Control": CachePolicy().cache_control(),
         # fetch and compose: the slowest layer (layers run side by side).
         "Server-Timing": ", ".join(
             f"{name};dur={seconds * 1e3:.1f}"

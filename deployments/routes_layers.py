@@ -21,6 +21,7 @@ from skyrender.fieldstats import Region
 from skyrender.geometry import OutputGeometry
 from skyrender.layers import BlinkSpec, ContourSpec, DifferenceSpec, OverlaySpec, RgbSpec, StatsSpec
 
+from .contract import CACHEABLE
 from .errors import ApiError
 from .layer_chain import PlannedLayer, check_layer_count, plan_layer, run_layers, survey_epochs
 from .layer_models import (
@@ -95,6 +96,7 @@ def _check_colormaps(names: list[str]) -> None:
     responses=_responses(
         "image/png", "image/jpeg", "application/geo+json", description="the picture; WCS in X-WCS"
     ),
+    openapi_extra=CACHEABLE,
 )
 async def composite(svc: ServicesDep, request: Request, body: CompositeRequest) -> Response:
     """Several layers on one grid as one picture: RGB, Lupton RGB, overlay, or contours.
@@ -202,6 +204,7 @@ def _epochs(svc: Services, survey: str, asked: list[str] | None, *, pair: bool) 
     responses=_responses(
         "image/png", "image/jpeg", "application/fits", description="later minus earlier; WCS in X-WCS"
     ),
+    openapi_extra=CACHEABLE,
 )
 async def epoch_difference(svc: ServicesDep, request: Request, body: DifferenceRequest) -> Response:
     """The difference of two epochs of one survey (later minus earlier) on one grid.
@@ -241,6 +244,7 @@ async def epoch_difference(svc: ServicesDep, request: Request, body: DifferenceR
     "/v1/epochs/blink",
     response_class=Response,
     responses=_responses("image/apng", "image/gif", description="one frame per epoch, looping; WCS in X-WCS"),
+    openapi_extra=CACHEABLE,
 )
 async def epoch_blink(svc: ServicesDep, request: Request, body: BlinkRequest) -> Response:
     """The epochs of one survey as an animation: one frame each, the same cuts and stretch for all."""

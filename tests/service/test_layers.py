@@ -337,3 +337,18 @@ def test_every_bad_input_is_a_4xx_with_a_reason(app, field):
 def test_outside_coverage_names_the_layer(app, field):
     r = app.client.post("/v1/epochs/difference", json={**field, "survey": "magpis", "ra": 10.0, "dec": 10.0})
     assert r.status_code == 404 and "coverage" in r.text and "magpis@" in r.text
+
+
+def test_layered_pictures_carry_a_strong_etag(app):
+    layers = [
+        {"survey": "dss2-red", "colormap": "gray"},
+        {"survey": "irac4", "colormap": "inferno", "opacity": 0.3},
+    ]
+    body = {**GC, "mode": "overlay", "layers": layers}
+    first, again = (app.client.post("/v1/composite", json=body) for _ in range(2))
+    assert first.status_code == 200 and again.status_code == 200
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and etag == again.headers["etag"] and first.content == again.content
+    assert first.headers["cache-control"].startswith("public, max-age=")
+    other = {**body, "layers": [layers[0], {**layers[1], "opacity": 0.4}]}
+    assert app.client.post("/v1/composite", json=other).headers["etag"] != etag

@@ -1959,6 +1959,10 @@ export interface operations {
             /** @description the picture; WCS in X-WCS */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2057,6 +2061,10 @@ export interface operations {
             /** @description one frame per epoch, looping; WCS in X-WCS */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2154,6 +2162,10 @@ export interface operations {
             /** @description later minus earlier; WCS in X-WCS */
             200: {
                 headers: {
+                    /** @description how long it may be reused */
+                    "Cache-Control"?: string;
+                    /** @description strong ETag of the response body */
+                    ETag: string;
                     [name: string]: unknown;
                 };
                 content: {
