@@ -301,7 +301,9 @@ class AdmissionControl:
         model, bottleneck = self._model_rate(now)
         if not bottleneck:
             return 0.0, ""
-        return self.ahead_work / model + crossing, bottleneck
+        # Half the modelled rate: it was measured under other loads (a burst of connections costs
+        # the cores too), and over-admitting a burst costs more than refusing a little early.
+        return self.ahead_work / (0.5 * model) + crossing, bottleneck
 
     # -- decisions -------------------------------------------------------------------------
 
