@@ -89,16 +89,16 @@ def test_a_request_past_its_deadline_is_not_computed(served):
 
 
 def test_a_deadline_too_short_for_compose_is_dropped_before_computing(served):
-    """Compose busy with a big render: a second one whose deadline its measured time cannot meet
+    """Compose busy with big renders: another one whose deadline its measured time cannot meet
     is dropped (503), not computed; with time to spare it is rendered."""
     app, _ = served
     r = app.client.post("/v1/preview", json=BIG, headers={"Request-Timeout": "10"})
     assert r.status_code == 200, r.text  # compose has measured a big one
     before = _renders(app)
-    with concurrent.futures.ThreadPoolExecutor(3) as pool, httpx.Client(base_url=app.url, timeout=60) as http:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool, httpx.Client(base_url=app.url, timeout=60) as http:
         long = {"Request-Timeout": "10"}
-        busy = [pool.submit(http.post, "/v1/preview", json=BIG, headers=long) for _ in range(3)]
-        time.sleep(0.5)  # they are being fetched and composed
+        busy = [pool.submit(http.post, "/v1/preview", json=BIG, headers=long) for _ in range(8)]
+        time.sleep(0.3)  # they are being fetched and composed
         r = http.post("/v1/preview", json=BIG, headers={"Request-Timeout": "0.3"})
         done = [f.result().status_code for f in busy]
     detail = _assert_shed(r)
