@@ -2,7 +2,9 @@
 
 Wires ingress → tile fetch → compose → encode with DeploymentHandles. ``args`` is the
 `deployments.config.AppConfig` (surveys, limits, upstream, cache, render); the
-per-deployment knobs (replicas, autoscaling, resources) come from ``serve_config.yaml``.
+per-deployment knobs (replicas, autoscaling, resources) come from ``serve_config.yaml``,
+their one home: applied here for ``serve run graph:build_app``, and by Serve itself
+when the YAML is deployed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def _ensure_sample_survey(config: AppConfig) -> None:
             build_sample_hips(survey.url)
 
 
+CONFIG_FILE = Path(__file__).resolve().parent / "serve_config.yaml"
+
+
+def deployment_options(path: Path = CONFIG_FILE) -> dict[str, dict[str, Any]]:
+    """Each deployment's settings in ``serve_config.yaml`` (by deployment name)."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    deployments = config["applications"][0].get("deployments", [])
+    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments}
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """The application: ``args`` as in ``serve_config.yaml``'s ``applications[].args``."""
     args = dict(args or {})
@@ -42,7 +56,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     config = AppConfig.model_validate(args)
     _ensure_sample_survey(config)
     plain = config.model_dump()
-    fetch = TileFetch.bind(plain)
-    compose = Compose.bind(plain)
-    encode = Encode.bind(plain)
-    return Ingress.bind(fetch, compose, encode, plain)
+    options = deployment_options()
+
+    def deployment(cls):
+        return cls.options(**options.get(cls.name, {}))
+
+    fetch = deployment(TileFetch).bind(plain)
+    compose = deployment(Compose).bind(plain)
+    encode = deployment(Encode).bind(plain)
+    return deployment(Ingress).bind(fetch, compose, encode, plain)

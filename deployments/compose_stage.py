@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import sys
 import time
 from typing import Any
 
@@ -22,25 +24,39 @@ __all__ = ["Compose"]
 log = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}, max_ongoing_requests=4)
+@serve.deployment
 class Compose:
     """Reprojects decoded tiles onto the output WCS: wgpu when an adapter exists, else numpy."""
 
     def __init__(self, config: dict[str, Any]):
         self.config = AppConfig.model_validate(config)
+        use_jit_cache(self.config.render.jit_cache_dir)
         self.backend, self._blender = _pick_backend(self.config.render.backend)
         self.store_reads = 0
         self.renders = 0  # reprojections computed by this replica (/healthz shows it)
         self.guard = StageGuard("compose")
         self._niced_at = 0.0
         log.info("compose backend: %s", self.backend)
+        # Render once now: Serve routes requests to this replica only after the constructor,
+        # so no caller pays for compiling the kernels (or loading them from the JIT cache).
+        from skyrender.warmup import warm_render
+
+        self.warmup_s = warm_render(
+            num_threads=self.config.render.num_threads,
+            blender=self._blender.blend if self._blender is not None else None,
+        )
+        log.info("compose backend: %s, warm in %.2f s", self.backend, self.warmup_s)
         m = metrics()
         if m is not None:
             for name in ("wgpu", "numpy"):
                 m.compose_backend.set(1.0 if name == self.backend else 0.0, tags={"backend": name})
 
     def _resolve(self, tiles: dict[int, Any]) -> dict[int, np.ndarray]:
-        """Read the tiles held as object-store references (from any node) in one batch."""
+        """Read the tiles held as object-store references (from any node) in one batch.
+
+        Raises `TilesLost` when they cannot be read: the ingress renders again rather than
+        draw a picture with holes.
+        """
         import ray
 
         refs = {n: t for n, t in tiles.items() if isinstance(t, ray.ObjectRef)}
@@ -103,7 +119,8 @@ class Compose:
         from skyrender.sampling import TileSet
 
         start, started_at = time.perf_counter(), time.time()
-        tiles = TileSet.from_tiles(spec.order, self._resolve(fetched.tiles), tile_width=spec.tile_width)
+        resolved = self._resolve(fetched.tiles)
+        tiles = TileSet.from_tiles(spec.order, resolved, tile_width=spec.tile_width)
         image = reproject(
             spec.geometry,
             tiles,
@@ -125,7 +142,7 @@ class Compose:
             image=image,
             backend=self.backend,
             seconds=seconds,
-            tiles_used=len(fetched.tiles),
+            tiles_used=len(resolved),
             fetch_seconds=fetched.seconds,
             tile_outcomes=dict(fetched.outcomes),
             stamps=(*fetched.stamps, started_at, time.time()),
@@ -154,3 +171,24 @@ def _pick_backend(wanted: str):
         elif blender is not None:
             log.info("wgpu adapter %s is CPU-emulated: using numpy", blender.adapter_info["device"])
     return "numpy", None
+
+
+def use_jit_cache(directory: str) -> None:
+    """Point numba's kernel cache at ``directory`` (created if needed).
+
+    numba reads ``NUMBA_CACHE_DIR`` when it is imported and fixes each kernel's cache when
+    its module is imported, so this must run before the first `skyrender` kernel import
+    in the process (this module imports none at its top).
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        log.warning("JIT cache %s unusable (%s): numba's default applies", directory, exc)
+        return
+    os.environ["NUMBA_CACHE_DIR"] = directory
+    if "numba" in sys.modules:
+        from numba.core import config as numba_config
+
+        numba_config.reload_config()
+    if "skyrender.projection" in sys.modules or "skyrender.sampling" in sys.modules:
+        log.warning("kernels imported before NUMBA_CACHE_DIR was set: their cache stays where it was")

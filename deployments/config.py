@@ -48,6 +48,9 @@ class LimitsConfig(BaseModel):
     max_fov_deg: float = 360.0
     min_fov_deg: float = Field(1e-4, gt=0, description="smallest field of view [deg] (0.36 arcsec)")
     max_tiles: int = 256
+    max_render_bytes: int = Field(
+        256 * 1024 * 1024, description="decoded tile bytes one render may hold; wider fields degrade"
+    )
     max_tile_bytes: int = 8 * 1024 * 1024
     max_tile_pixels: int = 2048 * 2048
     max_header_keys: int = 500
@@ -68,6 +71,9 @@ class UpstreamConfig(BaseModel):
     per_host_concurrency: int = 16
     probe_cache_s: float = 5.0
     request_deadline_s: float = 5.0
+    catalogue_wait_s: float = Field(
+        5.0, ge=0, description="how long a request waits for the survey catalogue at start-up [s]; then 503"
+    )
 
 
 class CacheConfig(BaseModel):
@@ -111,7 +117,19 @@ class RenderConfig(BaseModel):
     backend: str = Field("auto", description="compose backend: auto | wgpu | numpy")
     png_compress_level: int = Field(1, ge=0, le=9)
     jpeg_quality: int = Field(90, ge=1, le=95)
-    num_threads: int = Field(1, ge=0, description="cdshealpix threads per compose call (0 = all cores)")
+    num_threads: int = Field(0, ge=0, description="threads per render (0 = every core of the node)")
+    jit_cache_dir: str = Field(
+        "${NUMBA_CACHE_DIR:-/tmp/skyrender-jit}",
+        description="numba's compiled-kernel cache (NUMBA_CACHE_DIR): a directory that survives restarts",
+    )
+    cache_max_age_s: int = Field(
+        3600, ge=0, description="Cache-Control max-age of rendered images [s] (NestJS caches them)"
+    )
+
+    @field_validator("jit_cache_dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return str(Path(expand_env(v)).expanduser().resolve())
 
 
 class OverloadConfig(BaseModel):
@@ -150,6 +168,11 @@ class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     surveys: list[SurveyConfig] = Field(default_factory=list)
+    public_base_url: str | None = Field(
+        None,
+        description="the service's public URL (e.g. https://sky.example.org): local surveys' tile URLs "
+        "are given and accepted under it, besides the host a request came to",
+    )
     build_sample_survey: bool = Field(
         True,
         description="build the bundled HI4PI sample HiPS at start-up if a local survey's folder is empty",

@@ -63,12 +63,16 @@ class TileRequest:
         Where to read it: an upstream URL, or a file of a local survey.
     format : str
         Tile format: fits | jpeg | png.
+    allsky_npix : tuple of int
+        Non-empty: ``location`` is the order-3 ``Allsky`` mosaic, and these are the tiles
+        to cut from it (``npix`` is then unused).
     """
 
     npix: int
     key: str
     location: str
     format: str
+    allsky_npix: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class RenderSpec:
         The survey's frame (icrs, galactic, ecliptic).
     order : int
         HEALPix order of the tiles.
-    tile_width : int
-        Tile side [pixels].
+    tile_width : int or None
+        Tile side [pixels]; None: as the tiles come (an Allsky mosaic's are narrower).
     interpolation : str or None
         nearest | bilinear; None: the configured default.
     """
@@ -92,7 +96,7 @@ class RenderSpec:
     geometry: OutputGeometry
     survey_frame: str
     order: int
-    tile_width: int
+    tile_width: int | None
     interpolation: str | None = None
 
 

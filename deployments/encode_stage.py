@@ -18,7 +18,7 @@ from .telemetry import observe_stage
 __all__ = ["Encode"]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+@serve.deployment
 class Encode:
     """Cuts, stretch, colormap and encoding: the only stage that makes bytes."""
 
@@ -26,6 +26,17 @@ class Encode:
         self.config = AppConfig.model_validate(config)
         self.guard = StageGuard("encode")
         self._niced_at = 0.0
+        # Encode once now (every stretch, a colormap, PNG, JPEG, FITS): Serve routes requests
+        # here only after the constructor, so no caller pays for the first imports.
+        from skyrender.warmup import warm_display
+
+        self.warmup_s = warm_display(png_opts=self._png_opts(), jpeg_opts=self._jpeg_opts())
+
+    def _png_opts(self) -> dict[str, Any]:
+        return {"compress_level": self.config.render.png_compress_level}
+
+    def _jpeg_opts(self) -> dict[str, Any]:
+        return {"quality": self.config.render.jpeg_quality}
 
     def _yield_cpu(self) -> None:
         """Keep every thread of this replica (render pools included) at the configured niceness."""
@@ -68,12 +79,7 @@ class Encode:
             )
             if spec.rgb:  # hips2fits clients expect an RGB(A) array, not a palette
                 img = as_rgb(img)
-            render = self.config.render
-            opts = (
-                {"compress_level": render.png_compress_level}
-                if spec.format == "png"
-                else {"quality": render.jpeg_quality}
-            )
+            opts = self._png_opts() if spec.format == "png" else self._jpeg_opts()
             body, media_type = encode_image(img, spec.format, **opts)
         seconds = time.perf_counter() - start
         observe_stage("encode", seconds)

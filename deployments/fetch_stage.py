@@ -33,7 +33,7 @@ _UPSTREAM_FAIR_S = 0.5
 log = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment
 class TileFetch:
     """Fetches tiles (through the shared object-store cache) and decodes them."""
 
@@ -45,16 +45,7 @@ class TileFetch:
         up = self.config.upstream
         self.fetcher = TileFetcher(
             RootPolicy([s.url for s in self.config.surveys]),
-            FetchConfig(
-                connect_timeout_s=up.connect_timeout_s,
-                read_timeout_s=up.read_timeout_s,
-                retries=up.retries,
-                backoff_s=up.backoff_s,
-                per_host_limit=up.per_host_concurrency,
-                max_tile_bytes=self.config.limits.max_tile_bytes,
-                probe_cache_s=up.probe_cache_s,
-                deadline_s=up.request_deadline_s,
-            ),
+            FetchConfig.from_settings(up.model_dump(), max_tile_bytes=self.config.limits.max_tile_bytes),
         )
         self.disk = None
         if self.config.cache.disk_enabled:
@@ -66,7 +57,14 @@ class TileFetch:
                 log.warning("disk cache disabled: %s", exc)
         cache = self.config.cache
         self.cache = (
-            CacheClient(cache.name, max_bytes=cache.max_bytes, resources=cache.actor_resources)
+            CacheClient(
+                cache.name,
+                max_bytes=cache.max_bytes,
+                resources=cache.actor_resources,
+                call_timeout_s=up.connect_timeout_s + up.read_timeout_s,
+                wait_timeout_s=up.request_deadline_s,
+                retry_after_s=up.probe_cache_s,
+            )
             if cache.enabled
             else None
         )
@@ -75,6 +73,16 @@ class TileFetch:
         # The fetch stage's time follows the upstream, not the output's size: it checks only
         # that the deadline has not passed, and bounds its work by the time left.
         self.guard = StageGuard("fetch", check_need=False)
+        # Decode once now (FITS, PNG, JPEG: the first imports), so no caller pays for it.
+        from skyrender.warmup import warm_decode
+
+        self.warmup_s = warm_decode()
+
+    async def ready(self) -> bool:
+        """Answers once this stage has a running replica; connects the shared cache first."""
+        if self.cache is not None:
+            await self.cache.stats()  # starts the cache actor if it is not running
+        return True
 
     async def _raw(self, location: str) -> bytes:
         """Tile bytes: from the disk tier when there, else from upstream (then kept on disk)."""
@@ -92,17 +100,68 @@ class TileFetch:
             await asyncio.to_thread(self.disk.put, location, data)
         return data
 
+    async def exists(self, location: str) -> bool:
+        """Does the survey file exist (e.g. an ``Allsky`` mosaic)? Kept on disk when it does,
+        so the render that follows reads it from there."""
+        from .upstream import TileNotFound
+
+        try:
+            await self._raw(location)
+        except TileNotFound:
+            return False
+        return True
+
+    async def read_meta(self, location: str) -> bytes | None:
+        """A survey file that is not a tile (``properties``, ``Moc.fits``); None when it does not exist.
+
+        Read like a tile (root policy, retries, timeouts), but fresh from upstream first:
+        the disk copy only answers when upstream cannot, so a restart during an upstream
+        outage still knows its surveys.
+        """
+        from .upstream import TileNotFound, UpstreamError
+
+        remote = location.startswith(("http://", "https://"))
+        try:
+            data = await self.fetcher.fetch(location)
+        except TileNotFound:
+            return None
+        except UpstreamError:
+            if not remote or self.disk is None:
+                raise
+            self.fetcher.policy.check(location)
+            data = await asyncio.to_thread(self.disk.get, location)
+            if data is None:
+                raise
+            log.warning("%s unreachable: using its copy on disk", location)
+            return data
+        if remote and self.disk is not None:
+            await asyncio.to_thread(self.disk.put, location, data)
+        return data
+
     async def _decoded(self, location: str, fmt: str) -> np.ndarray:
         data = await self._raw(location)
         # Decoding is CPU work: keep the event loop free for other fetches.
         return await asyncio.to_thread(decode_tile, data, fmt, max_pixels=self.config.limits.max_tile_pixels)
 
-    async def _one(self, key: str, location: str, fmt: str) -> tuple[Any, TileOutcome]:
+    async def _decoded_allsky(self, location: str, fmt: str) -> np.ndarray:
+        """An ``Allsky`` mosaic cut into its order-3 tiles: float32 (768, [3,] w, w)."""
+        from skyrender.budget import ALLSKY_ORDER
+        from skyrender.decode import decode_allsky
+
+        data = await self._raw(location)
+        _, stack = await asyncio.to_thread(
+            decode_allsky, data, fmt, order=ALLSKY_ORDER, max_pixels=self.config.limits.max_tile_pixels
+        )
+        return stack
+
+    async def _one(self, req: TileRequest) -> tuple[Any, TileOutcome]:
+        location, fmt = req.location, req.format
+        decode = self._decoded_allsky if req.allsky_npix else self._decoded
         try:
             if self.cache is None:
-                array, how = await self._decoded(location, fmt), "fetched"
+                array, how = await decode(location, fmt), "fetched"
             else:
-                array, how = await self.cache.get_or_fetch(key, lambda: self._decoded(location, fmt))
+                array, how = await self.cache.get_or_fetch(req.key, lambda: decode(location, fmt))
         except Exception as exc:
             observe_tile(location, type(exc).__name__)
             raise
@@ -139,7 +198,7 @@ class TileFetch:
         broken: dict[str, str] = {}
         outcomes: dict[TileOutcome, int] = {}
         gathered = asyncio.gather(
-            *(self._one(r.key, r.location, r.format) for r in requests), return_exceptions=True
+            *(self._one(r) for r in requests), return_exceptions=True
         )
         # The fetcher's own timeouts hold per tile; the request's deadline bounds them all.
         left = budget.deadline.remaining() if budget is not None else None
@@ -165,6 +224,12 @@ class TileFetch:
                 outcome = TileOutcome.BROKEN
             elif isinstance(res, BaseException):
                 raise res
+            elif req.allsky_npix:  # the mosaic: cut out the tiles the field needs
+                stack, outcome = res
+                if not isinstance(stack, np.ndarray):
+                    stack = await stack  # a cache hit: the ObjectRef of the whole mosaic
+                for npix in req.allsky_npix:
+                    tiles[npix] = stack[npix]
             else:
                 tiles[req.npix], outcome = res
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -174,7 +239,14 @@ class TileFetch:
         seconds = time.perf_counter() - start
         observe_stage("fetch", seconds)
         await self._publish_cache_gauges()
-        return FetchedTiles(tiles, tuple(missing), broken, outcomes, seconds, (started_at, time.time()))
+        return FetchedTiles(
+            tiles=tiles,
+            missing=tuple(missing),
+            broken=broken,
+            outcomes=outcomes,
+            seconds=seconds,
+            stamps=(started_at, time.time()),
+        )
 
     async def _publish_cache_gauges(self) -> None:
         """Copy the cache actor's byte and entry counts into gauges, at most once a second."""

@@ -1,5 +1,6 @@
-"""Health: ``/healthz`` (are the upstreams and the disk well: NestJS's circuit breaker reads
-it) and ``/v1/stats`` (tile cache counters)."""
+"""Health: ``/livez`` (the process answers: Kubernetes liveness), ``/readyz`` (ready to
+serve: Kubernetes readiness, see `deployments.readiness`), ``/healthz`` (are the upstreams
+and the disk well: NestJS's circuit breaker reads it) and ``/v1/stats`` (cache counters)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,42 @@ def _stage_timeout(svc: Services) -> float:
     return up.connect_timeout_s + up.read_timeout_s
 
 
+@router.get("/livez")
+async def livez() -> dict[str, str]:
+    """200 while the process answers (Kubernetes liveness): nothing else is checked."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", responses={503: {"description": "still starting: the reason, with Retry-After"}})
+async def readyz(svc: ServicesDep) -> JSONResponse:
+    """200 once the survey catalogue is loaded and every stage is up and warm; 503 until then.
+
+    An unreachable upstream does not make the service unready (see ``/healthz``).
+    """
+    readiness = svc.readiness
+    stages = await readiness.stages(_stage_timeout(svc))
+    came_up = readiness.came_up(stages)
+    waiting = []
+    if not svc.catalogue.loaded:
+        waiting.append("survey catalogue loading")
+    if not came_up:
+        waiting.append(f"application {stages.app_status.lower()}")
+    if not stages.ok:
+        waiting.append(stages.detail)
+    if not waiting:
+        readiness.mark("ready")
+    body = {
+        "status": "ready" if not waiting else "starting",
+        "timeline_s": readiness.timeline,
+        "warmup_s": readiness.warmup_s,
+        "replicas": stages.replicas,
+    }
+    if waiting:
+        body.update(error="not ready", detail="; ".join(waiting))
+        return JSONResponse(status_code=503, content=body, headers={"Retry-After": "1"})
+    return JSONResponse(status_code=200, content=body)
+
+
 @router.get("/healthz", responses={503: {"description": "an upstream survey is unreachable"}})
 async def healthz(svc: ServicesDep) -> JSONResponse:
     """200 when every configured survey answers; 503 with the reason otherwise."""
@@ -119,7 +156,7 @@ async def healthz(svc: ServicesDep) -> JSONResponse:
     body = {
         "status": "ok" if ok else "degraded",
         "version": skyrender.__version__,
-        "uptime_s": round(time.time() - svc.started, 3),
+        "uptime_s": round(time.time() - svc.readiness.started, 3),
         "compose": compose,
         "cache": cache,
         "surveys": surveys,

@@ -1,12 +1,16 @@
 """The ingress deployment: the HTTP contract NestJS calls (a FastAPI app in Ray Serve).
 
 Each replica builds its `Services` (configuration, survey catalogue, render chain over
-the stage handles) and then its FastAPI app (`deployments.app.create_app`), which holds
-the routes.
+the stage handles, readiness) and then its FastAPI app (`deployments.app.create_app`),
+which holds the routes. At start it plans one render (the first imports), then loads the
+survey catalogue through the fetch stage in the background; ``/readyz`` says when both
+that and every stage are done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -17,27 +21,40 @@ from ray.serve.handle import DeploymentHandle
 from .app import create_app
 from .catalogue import SurveyCatalogue
 from .config import AppConfig
+from .readiness import Readiness
 from .render_chain import RenderChain
 from .services import Services
 
 __all__ = ["Ingress"]
 
+log = logging.getLogger("ray.serve")
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+
+@serve.deployment
 @serve.ingress()
 class Ingress:
     """Validates and plans requests, then chains fetch → compose → encode."""
 
-    def __init__(
+    async def __init__(
         self,
         fetch: DeploymentHandle,
         compose: DeploymentHandle,
         encode: DeploymentHandle,
         config: dict[str, Any],
     ):
+        from skyrender.warmup import warm_planning
+
+        started = time.time()
         app_config = AppConfig.model_validate(config)
-        catalogue = SurveyCatalogue(app_config)
-        catalogue.start_preload()
+
+        async def read(location: str) -> bytes | None:
+            return await fetch.read_meta.remote(location)
+
+        async def exists(location: str) -> bool:
+            return await fetch.exists.remote(location)
+
+        catalogue = SurveyCatalogue(app_config, read, exists)
+        readiness = Readiness(started=started)
         self.services = Services(
             config=app_config,
             catalogue=catalogue,
@@ -45,8 +62,19 @@ class Ingress:
             fetch=fetch,
             compose=compose,
             encode=encode,
-            started=time.time(),
+            readiness=readiness,
         )
+        readiness.mark("planning_warm", warm_planning())
+        self._startup = asyncio.get_running_loop().create_task(self._load_catalogue())
+
+    async def _load_catalogue(self) -> None:
+        """Wait for the fetch stage, then read every survey (the catalogue) through it."""
+        svc = self.services
+        await svc.fetch.ready.remote()
+        svc.readiness.mark("fetch_ready")
+        await svc.catalogue.load_all()
+        svc.readiness.mark("catalogue_loaded")
+        log.info("survey catalogue loaded: %s", svc.readiness.timeline)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app this replica serves."""

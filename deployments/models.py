@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from skyrender.display import STRETCHES, parse_cut
 from skyrender.geometry import FIELD_PROJECTIONS
@@ -58,6 +66,15 @@ class _Body(BaseModel):
     # NaN/inf are refused at parse time: they would otherwise reach the sky maths. Strict:
     # a number given as a string, or a boolean as a number, is refused as the document says.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, data: Any) -> Any:
+        """``""`` means "not given" (HTML forms and JS clients send it for an empty field):
+        the field takes its default, and a required one is reported missing."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
+        return data
 
 
 # Descriptions shared by the request bodies (they end up in the OpenAPI document NestJS reads).

@@ -18,10 +18,13 @@ from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
 
 import skyrender
+from skyrender.budget import ALLSKY_ORDER, BudgetedPlan, TileBudget, plan_within
+from skyrender.errors import SkyRenderError
 from skyrender.geometry import OutputGeometry
 from skyrender.properties import HipsSurvey
 from skyrender.tiles import TileId
 
+from .catalogue import SurveyCatalogue
 from .config import AppConfig, SurveyConfig
 from .contracts import DisplaySpec, EncodedImage, RenderSpec, TileOutcome, TileRequest
 from .deadline import Budget, Deadline, InvalidDeadline, Shed
@@ -113,6 +116,47 @@ class RenderChain:
         error = "deadline exceeded" if shed.reason == "deadline_passed" else "overloaded"
         return ApiError(503, error, shed.as_dict(), headers={"Retry-After": str(shed.retry_after_s)})
 
+    async def plan(
+        self, catalogue: SurveyCatalogue, cfg: SurveyConfig, survey: HipsSurvey, geom: OutputGeometry
+    ) -> BudgetedPlan:
+        """The deepest order (or the Allsky mosaic) whose tiles fit the limits; 400 if none does."""
+        limits = self.config.limits
+        budget = TileBudget(max_tiles=limits.max_tiles, max_bytes=limits.max_render_bytes)
+        moc = catalogue.moc(cfg.name)
+        planned: BudgetedPlan | None = None
+        try:
+            planned = await asyncio.to_thread(plan_within, geom, survey, budget, moc=moc)
+            if not (planned.degraded and planned.plan.order <= ALLSKY_ORDER):
+                return planned
+        except SkyRenderError as exc:
+            error = exc
+        # Shallow enough for the Allsky mosaic, or nothing else fits: use it if the survey has one.
+        if await catalogue.has_allsky(cfg, survey):
+            try:
+                return await asyncio.to_thread(plan_within, geom, survey, budget, moc=moc, has_allsky=True)
+            except SkyRenderError as exc:
+                error = exc
+        if planned is not None:
+            return planned
+        raise ApiError(400, "field too large", str(error)) from None
+
+    async def render_plan(
+        self,
+        request: Request,
+        catalogue: SurveyCatalogue,
+        cfg: SurveyConfig,
+        survey: HipsSurvey,
+        planned: BudgetedPlan,
+        display: DisplaySpec,
+    ) -> Response:
+        """Render a `plan` (tiles, or cut from the Allsky mosaic)."""
+        plan = planned.plan
+        tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
+        allsky = catalogue.allsky_location(cfg, survey) if planned.allsky else None
+        return await self.render(
+            request, cfg, survey, plan.geometry, plan.order, tiles, display, allsky=allsky
+        )
+
     async def render(
         self,
         request: Request,
@@ -122,9 +166,13 @@ class RenderChain:
         order: int,
         tiles: list[TileId],
         display: DisplaySpec,
+        *,
+        allsky: str | None = None,
     ) -> Response:
-        """Render ``tiles`` (of ``survey`` at ``order``) onto ``geom`` and encode it per ``display``."""
-        check_tile_count(self.config.limits, len(tiles))
+        """Render ``tiles`` (of ``survey`` at ``order``) onto ``geom`` and encode it per ``display``.
+
+        ``allsky``: the location of the order-3 Allsky mosaic to cut ``tiles`` from.
+        """
         # The ETag is known before any work: a caller holding the image gets its 304 at once.
         etag = self.etag(cfg, survey, geom, order, tiles, display)
         cache_headers = {"ETag": etag, "Cache-Control": self.cache_policy.cache_control()}
@@ -133,18 +181,38 @@ class RenderChain:
         if conditional and if_none_match(request.headers.get("if-none-match"), etag):
             request.state.render.update(survey=cfg.name, outcome="not modified")
             return Response(status_code=304, headers=cache_headers)
-        requests = [
-            TileRequest(t.npix, f"{cfg.name}/{t.order}/{t.npix}.{t.format}", tile_location(cfg, t), t.format)
-            for t in tiles
-        ]
-        spec = RenderSpec(geometry=geom, survey_frame=survey.frame, order=order, tile_width=survey.tile_width)
+        if allsky is not None:
+            key = f"{cfg.name}/allsky{order}.{survey.data_format}"
+            npix = tuple(t.npix for t in tiles)
+            requests = [TileRequest(-1, key, allsky, survey.data_format, allsky_npix=npix)]
+        else:
+            check_tile_count(self.config.limits, len(tiles))
+            requests = [
+                TileRequest(
+                    t.npix, f"{cfg.name}/{t.order}/{t.npix}.{t.format}", tile_location(cfg, t), t.format
+                )
+                for t in tiles
+            ]
+        spec = RenderSpec(
+            geometry=geom,
+            survey_frame=survey.frame,
+            order=order,
+            tile_width=None if allsky is not None else survey.tile_width,
+        )
         if display.format == "fits":
-            display = dataclasses.replace(display, header=geom.header())
+            header = geom.header()
+            header["HIPS_ORD"] = (order, "HiPS order the image was rendered from")
+            display = dataclasses.replace(display, header=header)
         if survey.pixel_cut and display.min_cut is None and display.max_cut is None:
             display = dataclasses.replace(display, survey_cut=survey.pixel_cut)
         state = request.state.render
         state.update(
-            survey=cfg.name, order=order, tiles_requested=len(tiles), width=geom.width, height=geom.height
+            survey=cfg.name,
+            order=order,
+            allsky=allsky is not None,
+            tiles_requested=len(tiles),
+            width=geom.width,
+            height=geom.height,
         )
         admitted = self.admit(request, geom.width, geom.height)
         deadline = admitted.budget.deadline
@@ -207,6 +275,7 @@ class RenderChain:
             "X-Compose-Backend": result.backend,
             "X-Tiles-Used": str(result.tiles_used),
             **cache_headers,
+            "X-HiPS-Order": str(order),
             # Where the time went (W3C Server-Timing: browsers' dev tools and the benchmark read it).
             "Server-Timing": ", ".join(
                 f"{name};dur={seconds * 1e3:.1f}"

@@ -4,16 +4,12 @@ unchanged). The query is parsed in `deployments.hips2fits`; errors are answered 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from skyrender.render import plan_render
-from skyrender.tiles import TileId
 
 from .contract import CACHEABLE, hips2fits_schema, validate_hips2fits
 from .contracts import DisplaySpec
@@ -77,10 +73,7 @@ async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str])
     geom = query.geometry
     svc.chain.admit(request, geom.width, geom.height)  # refuse now, before any work, if it cannot be in time
     survey = await svc.catalogue.survey(cfg)
-    plan = await asyncio.to_thread(
-        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
-    )
-    tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
+    planned = await svc.chain.plan(svc.catalogue, cfg, survey, geom)
     display = DisplaySpec(
         format=query.format,
         cmap=query.cmap,
@@ -89,7 +82,7 @@ async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str])
         max_cut=query.max_cut,
         rgb=True,
     )
-    return await svc.chain.render(request, cfg, survey, geom, plan.order, tiles, display)
+    return await svc.chain.render_plan(request, svc.catalogue, cfg, survey, planned, display)
 
 
 @router.get("/hips2fits", response_class=Response, responses=HIPS2FITS_RESPONSES, openapi_extra=CACHEABLE)

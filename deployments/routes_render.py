@@ -8,10 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from skyrender.compose import field_of_tiles, parse_tile_list
+from skyrender.compose import field_of_tiles
 from skyrender.display import parse_cut
 from skyrender.errors import SkyRenderError
-from skyrender.render import plan_render
 from skyrender.tiles import TileId
 
 from .contract import CACHEABLE, check_fits_header
@@ -30,7 +29,7 @@ from .models import (
     WcsValidateResponse,
 )
 from .services import Services, ServicesDep
-from .tile_urls import public_url, survey_of_url
+from .tile_urls import public_url, resolve_tile_url
 
 __all__ = ["IMAGE_RESPONSES", "router"]
 
@@ -53,14 +52,17 @@ async def _tiles_render(svc: Services, request: Request, body: RenderTilesReques
     width, height = requested_size(body, limits)
     check_size(limits, width, height)
     check_tile_count(limits, len(body.tiles))
-    cfgs = {cfg.name: cfg for cfg in (survey_of_url(svc.config, u) for u in body.tiles)}
+    resolved = [resolve_tile_url(svc.config, request, url) for url in body.tiles]
+    cfgs = {cfg.name: cfg for cfg, _ in resolved}
     if len(cfgs) > 1:
         raise ApiError(400, "invalid request", f"tiles come from several surveys: {sorted(cfgs)}")
-    cfg = next(iter(cfgs.values()))
-    try:
-        tiles = parse_tile_list(body.tiles)
-    except SkyRenderError as exc:
-        raise ApiError(400, "invalid tile URL", str(exc), field="tiles") from None
+    cfg = resolved[0][0]
+    tiles = [tile for _, tile in resolved]
+    orders = sorted({t.order for t in tiles})
+    if len(orders) > 1:
+        raise ApiError(
+            400, "invalid tile URL", f"tiles of several orders {orders} cannot be composed into one image"
+        )
     svc.chain.admit(request, width, height)  # refuse now, before any work, if it cannot be in time
     survey = await svc.catalogue.survey(cfg)
     try:
@@ -109,13 +111,11 @@ async def tile_manifest(svc: ServicesDep, request: Request, body: ManifestReques
         *requested_size(body, svc.config.limits),
         body.projection,
     )
-    plan = await asyncio.to_thread(
-        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
-    )
+    plan = (await svc.chain.plan(svc.catalogue, cfg, survey, geom)).plan
     tiles = [
         ManifestTileModel(
             id=t.id,
-            url=public_url(request, cfg, TileId(t.order, t.npix, survey.data_format)),
+            url=public_url(request, svc.config, cfg, TileId(t.order, t.npix, survey.data_format)),
             healpixNside=t.nside,
             order=t.order,
             npix=t.npix,
@@ -144,10 +144,7 @@ async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> R
         svc.config.limits,
         body.ra, body.dec, body.fovDeg, width, height, body.projection, body.rotation,
     )  # fmt: skip
-    plan = await asyncio.to_thread(
-        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
-    )
-    tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
+    planned = await svc.chain.plan(svc.catalogue, cfg, survey, geom)
     display = DisplaySpec(
         format=body.format,
         cmap=body.colormap,
@@ -155,7 +152,7 @@ async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> R
         min_cut=parse_cut(body.minCut),
         max_cut=parse_cut(body.maxCut),
     )
-    return await svc.chain.render(request, cfg, survey, geom, plan.order, tiles, display)
+    return await svc.chain.render_plan(request, svc.catalogue, cfg, survey, planned, display)
 
 
 @router.post("/v1/wcs-validate", response_model=WcsValidateResponse, responses={422: {"model": ErrorBody}})

@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .catalogue import SurveyCatalogue
 from .config import AppConfig
+from .readiness import Readiness
 from .render_chain import RenderChain
 
 __all__ = ["Services", "ServicesDep", "services"]
@@ -21,10 +22,8 @@ __all__ = ["Services", "ServicesDep", "services"]
 
 @dataclass(frozen=True)
 class Services:
-    """The ingress replica's configuration, survey catalogue, render chain and stage handles.
-
-    ``started`` is the replica's start time [s since the epoch].
-    """
+    """The ingress replica's configuration, survey catalogue, render chain, stage handles
+    and readiness (when it started, what is warm)."""
 
     config: AppConfig
     catalogue: SurveyCatalogue
@@ -32,7 +31,7 @@ class Services:
     fetch: DeploymentHandle
     compose: DeploymentHandle
     encode: DeploymentHandle
-    started: float
+    readiness: Readiness
 
 
 def services(request: Request) -> Services:

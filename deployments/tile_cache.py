@@ -4,6 +4,11 @@ The actor ``ray.put``s each tile itself, so the object outlives the replica that
 it (an object dies with its owner), and any replica on any node reads it zero-copy from
 the object store. LRU by bytes; identical tiles requested while one is being fetched are
 coalesced into that one fetch. A dead actor degrades callers to fetching directly.
+
+The actor lives as long as the application: it is owned by the fetch replica that
+created it (not detached), so ``serve shutdown`` or deleting the application leaves
+none behind, and each replica that connects sets its ``max_bytes``, so a redeploy with a
+new size takes effect.
 """
 
 from __future__ import annotations
@@ -60,10 +65,7 @@ class TileCache:
             self._entries[key] = ([ref], nbytes)
             self.bytes_held += nbytes
             self.counters["puts"] += 1
-            while self.bytes_held > self.max_bytes and self._entries:
-                _, (_, size) = self._entries.popitem(last=False)
-                self.bytes_held -= size
-                self.counters["evictions"] += 1
+            self._evict()
         self._failures.pop(key, None)
         self._release(key)
         return [ref]
@@ -107,6 +109,18 @@ class TileCache:
         self._entries.clear()
         self.bytes_held = 0
 
+    def resize(self, max_bytes: int) -> None:
+        """Set the byte budget (the deployed configuration's), evicting down to it."""
+        self.max_bytes = int(max_bytes)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used tiles until the bytes held fit the budget."""
+        while self.bytes_held > self.max_bytes and self._entries:
+            _, (_, size) = self._entries.popitem(last=False)
+            self.bytes_held -= size
+            self.counters["evictions"] += 1
+
 
 class CacheUnavailable(Exception):
     """The cache actor cannot be reached right now."""
@@ -143,13 +157,15 @@ class CacheClient:
             if time.monotonic() < self._down_until:
                 raise CacheUnavailable("cache actor recently unreachable")
             try:
+                # Not detached: owned by this replica, so it goes with the application.
                 self._actor = TileCache.options(
                     name=self.name,
                     namespace=self.namespace,
                     get_if_exists=True,
-                    lifetime="detached",
                     resources=self.resources,
                 ).remote(self.max_bytes)
+                # An existing actor may come from the previous deployment: give it our size.
+                self._actor.resize.remote(self.max_bytes)
             except Exception as exc:
                 self._down_until = time.monotonic() + self.retry_after_s
                 raise CacheUnavailable(str(exc)) from exc

@@ -12,8 +12,10 @@ import os
 import posixpath
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -62,17 +64,24 @@ class TileTooLarge(UpstreamError):
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Every knob of the fetcher (see ``upstream:`` in serve_config.yaml)."""
+    """Every knob of the fetcher: ``upstream:`` in serve_config.yaml (same names, [s] and
+    counts), plus the per-tile byte limit and how many redirects to follow."""
 
-    connect_timeout_s: float = 2.0
-    read_timeout_s: float = 5.0
-    retries: int = 2
-    backoff_s: float = 0.1
-    per_host_limit: int = 16
-    max_tile_bytes: int = 8 * 1024 * 1024
-    max_redirects: int = 3
-    probe_cache_s: float = 5.0
-    deadline_s: float = 5.0
+    connect_timeout_s: float
+    read_timeout_s: float
+    retries: int
+    backoff_s: float
+    per_host_concurrency: int
+    probe_cache_s: float
+    request_deadline_s: float
+    max_tile_bytes: int
+    max_redirects: int = 3  # not an operator's knob: HiPS servers redirect once at most
+
+    @classmethod
+    def from_settings(cls, upstream: Mapping[str, Any], **extra: Any) -> FetchConfig:
+        """Built from the ``upstream`` settings (extra keys ignored) and ``extra``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in upstream.items() if k in names}, **extra)
 
 
 @dataclass(frozen=True)
@@ -151,14 +160,15 @@ class RootPolicy:
 class TileFetcher:
     """Pooled, bounded, retrying tile fetcher."""
 
-    def __init__(self, policy: RootPolicy, config: FetchConfig | None = None):
+    def __init__(self, policy: RootPolicy, config: FetchConfig):
         self.policy = policy
-        self.config = config or FetchConfig()
+        self.config = config
         c = self.config
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s),
             limits=httpx.Limits(
-                max_connections=4 * c.per_host_limit, max_keepalive_connections=2 * c.per_host_limit
+                max_connections=4 * c.per_host_concurrency,
+                max_keepalive_connections=2 * c.per_host_concurrency,
             ),
             follow_redirects=False,
             headers={"User-Agent": "skyrender/0.1 (HiPS renderer)"},
@@ -172,9 +182,11 @@ class TileFetcher:
         if not checked.startswith(("http://", "https://")):
             return await asyncio.to_thread(self._read_file, checked)
         try:
-            return await asyncio.wait_for(self._fetch_url(checked), timeout=self.config.deadline_s)
+            return await asyncio.wait_for(self._fetch_url(checked), timeout=self.config.request_deadline_s)
         except TimeoutError:
-            raise UpstreamTimeout(f"{checked}: no answer within {self.config.deadline_s:.1f} s") from None
+            raise UpstreamTimeout(
+                f"{checked}: no answer within {self.config.request_deadline_s:.1f} s"
+            ) from None
 
     def _read_file(self, path: str) -> bytes:
         try:
@@ -191,7 +203,7 @@ class TileFetcher:
     async def _fetch_url(self, url: str) -> bytes:
         c = self.config
         host = urlsplit(url).netloc
-        sem = self._per_host.setdefault(host, asyncio.Semaphore(c.per_host_limit))
+        sem = self._per_host.setdefault(host, asyncio.Semaphore(c.per_host_concurrency))
         last: Exception | None = None
         for attempt in range(c.retries + 1):
             if attempt:

@@ -14,23 +14,12 @@ import astropy.units as u
 import numpy as np
 from cdshealpix import nested
 
-from .errors import GeometryError, TilePathError
+from .errors import GeometryError
 from .geometry import OutputGeometry, make_geometry
-from .tiles import TileId, parse_tile_url
+from .tiles import TileId
 
 #: Widest field rendered in TAN [deg]; wider lists get an all-sky AIT view.
 MAX_TAN_FOV_DEG = 120.0
-
-
-def parse_tile_list(urls: Sequence[str]) -> list[TileId]:
-    """Parse tile URLs; all must share one order (a render samples one order)."""
-    if not urls:
-        raise TilePathError("the tile list is empty")
-    tiles = [parse_tile_url(url) for url in urls]
-    orders = {t.order for t in tiles}
-    if len(orders) > 1:
-        raise TilePathError(f"tiles of several orders {sorted(orders)} cannot be composed into one image")
-    return tiles
 
 
 def field_of_tiles(

@@ -13,6 +13,7 @@ or with pixels off the sky (all-sky projections), take every tile of the order.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from .geometry import OutputGeometry
 from .projection import _rotate_lonlat
 from .sampling import sample_cells
 from .tiles import tile_url
+
+log = logging.getLogger(__name__)
 
 
 def healpix_pixel_size_deg(order: int) -> float:
@@ -97,13 +100,35 @@ def _lonlat_at(geom: OutputGeometry, px: np.ndarray, py: np.ndarray, survey_fram
     return _rotate_lonlat(np.radians(lon_deg), np.radians(lat_deg), rotation_matrix(geom.frame, survey_frame))
 
 
-def load_moc(data: bytes):
-    """A `mocpy.MOC` from the bytes of a HiPS ``Moc.fits``."""
+def load_moc(data: bytes, *, source: str = "Moc.fits"):
+    """A `mocpy.MOC` from the bytes of a HiPS ``Moc.fits``.
+
+    A HiPS MOC is in the HiPS frame whatever its ``COORDSYS`` says (HipsGen writes the
+    survey's frame letter there, e.g. ``G``; HiPS clients read the cells as they are), so
+    the cells are read as they are and a disagreeing ``COORDSYS`` is logged once per
+    ``source``.
+    """
     from io import BytesIO
 
+    from astropy.io import fits
     from mocpy import MOC
 
+    with fits.open(BytesIO(data)) as hdul:
+        header = hdul[1].header if len(hdul) > 1 else hdul[0].header
+        coordsys = str(header.get("COORDSYS", "C")).strip().upper()
+        if coordsys not in ("C", ""):
+            if source not in _MOC_WARNED:
+                _MOC_WARNED.add(source)
+                log.warning("%s says COORDSYS=%r: its cells are read in the HiPS frame", source, coordsys)
+            header["COORDSYS"] = "C"  # what mocpy accepts; the cells stay as they are
+            buffer = BytesIO()
+            hdul.writeto(buffer)
+            data = buffer.getvalue()
     return MOC.from_fits(BytesIO(data))
+
+
+#: Sources whose COORDSYS warning was logged (once each).
+_MOC_WARNED: set[str] = set()
 
 
 def filter_by_moc(npix: np.ndarray, order: int, moc) -> np.ndarray:

@@ -450,9 +450,12 @@ def test_probes(rayservice):
     assert "readinessProbe" not in head and "livenessProbe" not in head
     for group in cfg["workerGroupSpecs"]:
         c = _ray_container(group)
-        assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": SERVE_PORT}
-        # Liveness is Ray's node health: /healthz is 503 when an upstream is down, which a restart can't fix.
-        assert c["livenessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}
+        # Readiness is /readyz (catalogue loaded, stages warm), not /healthz: an upstream outage must
+        # not take pods that can still serve out of the Service.
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": SERVE_PORT}
+        # Liveness is /livez (the process answers): /healthz is 503 when an upstream is down, which a
+        # restart can't fix.
+        assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": SERVE_PORT}
         assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] >= 300
 
 

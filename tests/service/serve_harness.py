@@ -78,7 +78,14 @@ class ServeApp:
         }
         if metrics_port is not None:
             init_kwargs["_metrics_export_port"] = metrics_port
-        ray.init(**init_kwargs)
+        for attempt in range(3):
+            try:
+                ray.init(**init_kwargs)
+                break
+            except Exception as exc:  # a raylet slow to register on a loaded machine: try again
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
+                ray.shutdown()
         client = serve_api.serve_start(http_options=config["http_options"])
         client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
         deadline = time.monotonic() + timeout_s

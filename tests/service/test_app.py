@@ -295,6 +295,8 @@ def test_tile_urls_off_root_are_refused(app, upstream):
     other_port = f"http://127.0.0.1:{other}/cds-dss2-red/Norder3/Dir0/Npix300.fits"
     r = app.client.post("/render/preview", json={"tiles": [other_port]})
     assert r.status_code == 403
+    bad_port = f"http://127.0.0.1:{port}0/cds-dss2-red/Norder3/Dir0/Npix300.fits"  # past 65535 or foreign
+    assert app.client.post("/render/preview", json={"tiles": [bad_port]}).status_code in (400, 403)
 
 
 def test_second_request_is_served_from_the_cache(app, upstream):
@@ -374,10 +376,14 @@ def test_request_id_is_echoed_and_logged_as_json(app):
     import glob
     import time
 
+    import ray
+
+    # This cluster's session (session_latest may be another test run's on a shared machine).
+    session = ray._private.worker._global_node.get_session_dir_path()
     deadline = time.monotonic() + 10
     record = None
     while record is None and time.monotonic() < deadline:
-        for path in glob.glob("/tmp/ray/session_latest/logs/serve/replica_skyrender_Ingress_*.log"):
+        for path in glob.glob(f"{session}/logs/serve/replica_skyrender_Ingress_*.log"):
             for line in open(path, encoding="utf-8", errors="replace"):
                 if "nestjs-req-42" in line and "tiles_requested" in line:
                     outer = json.loads(line)

@@ -1,0 +1,85 @@
+"""Readiness: is this application ready to take traffic (``/readyz``)?
+
+Ready means: the survey catalogue has been read (every survey tried once), this ingress
+replica has warmed up, the application has come up once (all its initial replicas,
+which warm up in their constructors, are running), and every stage still has a running
+replica. An upstream outage does not make the service unready: cached tiles and the
+other surveys can still be served (``/healthz`` reports upstreams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Readiness", "StagesStatus"]
+
+#: How long one answer from Serve's controller is reused [s]: probes come every few seconds.
+_STATUS_TTL_S = 1.0
+
+
+@dataclass(frozen=True)
+class StagesStatus:
+    """What Serve's controller says about this application's deployments."""
+
+    ok: bool
+    app_status: str
+    replicas: dict[str, dict[str, int]]
+    detail: str = ""
+
+
+@dataclass
+class Readiness:
+    """The start-up timeline of an ingress replica and the readiness check.
+
+    ``timeline`` maps a step (``planning_warm``, ``fetch_ready``, ``catalogue_loaded``,
+    ``ready``) to its time after ``started`` [s].
+    """
+
+    started: float
+    timeline: dict[str, float] = field(default_factory=dict)
+    warmup_s: dict[str, float] = field(default_factory=dict)
+    _came_up: bool = False
+    _cached: tuple[float, StagesStatus] | None = None
+
+    def mark(self, step: str, warmup_s: float | None = None) -> None:
+        """Record that ``step`` is done now (and how long its warm-up took [s], if any)."""
+        self.timeline.setdefault(step, round(time.time() - self.started, 3))
+        if warmup_s is not None:
+            self.warmup_s[step] = round(warmup_s, 3)
+
+    async def stages(self, timeout_s: float) -> StagesStatus:
+        """This application's deployments, from Serve's controller (cached for a second)."""
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < _STATUS_TTL_S:
+            return self._cached[1]
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(_serve_status), timeout=timeout_s)
+        except Exception as exc:  # the controller is busy or restarting: not ready for now
+            return StagesStatus(False, "UNKNOWN", {}, f"Serve controller: {type(exc).__name__}: {exc}")
+        self._cached = (now, status)
+        return status
+
+    def came_up(self, status: StagesStatus) -> bool:
+        """True once the application has been RUNNING (latched: a later redeploy or
+        autoscaling does not make a serving application unready)."""
+        self._came_up = self._came_up or status.app_status == "RUNNING"
+        return self._came_up
+
+
+def _serve_status() -> StagesStatus:
+    from ray import serve
+
+    app_name = serve.get_replica_context().app_name
+    app: Any = serve.status().applications.get(app_name)
+    if app is None:
+        return StagesStatus(False, "UNKNOWN", {}, f"application {app_name!r} not found")
+    replicas = {
+        name: {str(getattr(k, "value", k)): int(v) for k, v in dep.replica_states.items()}
+        for name, dep in app.deployments.items()
+    }
+    idle = [name for name, states in replicas.items() if states.get("RUNNING", 0) < 1]
+    detail = f"no running replica of {', '.join(idle)}" if idle else ""
+    return StagesStatus(not idle, str(getattr(app.status, "value", app.status)), replicas, detail)
