@@ -19,6 +19,7 @@ import skyrender
 from . import health, hips_files, routes_catalogue, routes_hips2fits, routes_layers, routes_render, viewer
 from .config import LimitsConfig
 from .contract import install_openapi
+from .docs import install_docs
 from .errors import install_error_handlers
 from .limits import RequestLimits
 from .methods import MethodHandling
@@ -50,6 +51,8 @@ def create_app(services: Services | None = None, limits: LimitsConfig | None = N
         title="skyrender",
         version=skyrender.__version__,
         description="Rendering tier of the VLASS sky portal: HiPS tiles to PNG/JPEG previews and snapshots.",
+        docs_url=None,  # served by install_docs, from local assets
+        redoc_url=None,
     )
     app.state.services = services
     app.state.limits = services.config.limits if services is not None else limits
@@ -63,4 +66,5 @@ def create_app(services: Services | None = None, limits: LimitsConfig | None = N
         app.include_router(router)
     # The document states the configured limits and every constraint the service checks.
     install_openapi(app, app.state.limits or LimitsConfig())
+    install_docs(app)
     return app

@@ -69,18 +69,21 @@ def warm_render(
     interpolations : tuple of str, optional
         Default: every one of `skyrender.sampling.INTERPOLATIONS`.
     """
-    from .render import reproject
+    from .render import SAMPLINGS, reproject
     from .sampling import INTERPOLATIONS, TileSet
 
     start = time.perf_counter()
-    geom = _geometry()
-    for channels in (1, 3):
-        tiles = TileSet.from_tiles(0, _tiles(channels), tile_width=_TILE_WIDTH)
-        for interpolation in interpolations or INTERPOLATIONS:
-            # A survey frame unlike the output's, so the frame rotation runs too.
-            reproject(
-                geom, tiles, "galactic", interpolation=interpolation, num_threads=num_threads, blender=blender
-            )
+    for projection in ("TAN", "AIT"):  # a field, and an all-sky one (face edges, poles, off-sky pixels)
+        geom = _geometry(projection)
+        for channels in (1, 3):
+            tiles = TileSet.from_tiles(0, _tiles(channels), tile_width=_TILE_WIDTH)
+            for sampling in SAMPLINGS:
+                for interpolation in interpolations or INTERPOLATIONS:
+                    # A survey frame unlike the output's, so the frame rotation runs too.
+                    reproject(
+                        geom, tiles, "galactic", interpolation=interpolation, num_threads=num_threads,
+                        blender=blender, sampling=sampling,
+                    )  # fmt: skip
     return time.perf_counter() - start
 
 
