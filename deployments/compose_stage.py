@@ -86,6 +86,7 @@ class Compose:
             "tiles_read_from_object_store": self.store_reads,
             "renders": self.renders,
             "service_s_per_mpx": round(self.guard.clock.service_s_per_work, 4),
+            "warmup_s": round(self.warmup_s, 3),
         }
         if self._blender is not None:
             info["adapter"] = self._blender.adapter_info

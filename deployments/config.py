@@ -13,6 +13,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+__all__ = [
+    "AppConfig",
+    "CacheConfig",
+    "LimitsConfig",
+    "OverloadConfig",
+    "RenderConfig",
+    "SurveyConfig",
+    "UpstreamConfig",
+    "default_sample_dir",
+    "expand_env",
+]
+
 
 class SurveyConfig(BaseModel):
     """One survey of the catalogue: an http(s) HiPS root or a local HiPS directory."""
@@ -79,7 +91,7 @@ class UpstreamConfig(BaseModel):
 class CacheConfig(BaseModel):
     """The shared tile cache in Ray's object store."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)  # expand ${VAR:-...} defaults too
 
     enabled: bool = True
     name: str = "skyrender-tile-cache"
@@ -106,7 +118,7 @@ class CacheConfig(BaseModel):
 class RenderConfig(BaseModel):
     """Rendering defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)  # expand ${VAR:-...} defaults too
 
     interpolation: str = "bilinear"
     sampling: Literal["grid", "exact"] = Field(

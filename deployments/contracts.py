@@ -151,8 +151,6 @@ class FetchedTiles:
     #: What the stages so far measured (`deployments.admission`), for the ingress's estimator.
     reports: tuple[StageReport, ...] = ()
 
-    def count(self, *kinds: TileOutcome) -> int:
-        return sum(self.outcomes.get(k, 0) for k in kinds)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ and `skyrender.encode`); the only stage that makes bytes."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -16,6 +17,8 @@ from .shedding import StageGuard, yield_cpu
 from .telemetry import observe_stage
 
 __all__ = ["Encode"]
+
+log = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -30,7 +33,8 @@ class Encode:
         # here only after the constructor, so no caller pays for the first imports.
         from skyrender.warmup import warm_display
 
-        self.warmup_s = warm_display(png_opts=self._png_opts(), jpeg_opts=self._jpeg_opts())
+        seconds = warm_display(png_opts=self._png_opts(), jpeg_opts=self._jpeg_opts())
+        log.info("encode warm in %.2f s", seconds)
 
     def _png_opts(self) -> dict[str, Any]:
         return {"compress_level": self.config.render.png_compress_level}

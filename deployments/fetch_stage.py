@@ -76,7 +76,7 @@ class TileFetch:
         # Decode once now (FITS, PNG, JPEG: the first imports), so no caller pays for it.
         from skyrender.warmup import warm_decode
 
-        self.warmup_s = warm_decode()
+        log.info("fetch warm in %.2f s", warm_decode())
 
     async def ready(self) -> bool:
         """Answers once this stage has a running replica; connects the shared cache first."""

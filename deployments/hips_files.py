@@ -38,9 +38,10 @@ async def hips_file(svc: ServicesDep, request: Request, name: str, path: str) ->
             path = parse_tile_url(path).path
         except SkyRenderError as exc:
             raise ApiError(404, "not found", str(exc)) from None
-    full = Path(cfg.url, path)
-    try:
-        stat = full.stat() if full.is_file() else None
+    root = Path(cfg.url).resolve()
+    full = (root / path).resolve()
+    try:  # no way out of the survey's folder
+        stat = full.stat() if full.is_relative_to(root) and full.is_file() else None
     except OSError:
         stat = None
     if stat is None:

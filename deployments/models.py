@@ -70,10 +70,12 @@ class _Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_is_absent(cls, data: Any) -> Any:
-        """``""`` means "not given" (HTML forms and JS clients send it for an empty field):
-        the field takes its default, and a required one is reported missing."""
+        """``""`` for an optional field means "not given" (HTML forms and JS clients send it for
+        an empty field): the field takes its default. A required field keeps what it was sent."""
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
+            optional = {k for k, f in cls.model_fields.items() if not f.is_required()}
+            blank = {k for k, v in data.items() if isinstance(v, str) and not v.strip()}
+            return {k: v for k, v in data.items() if k not in blank & optional}
         return data
 
 

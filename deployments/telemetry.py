@@ -15,6 +15,20 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+__all__ = [
+    "LATENCY_BOUNDARIES_S",
+    "log_request",
+    "metrics",
+    "observe_estimate",
+    "observe_late_answer",
+    "observe_queue_wait",
+    "observe_request",
+    "observe_shed",
+    "observe_stage",
+    "observe_tile",
+    "upstream_label",
+]
+
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 # A child of "ray.serve": Serve writes it to the replica log files (JSON-encoded there).

@@ -23,6 +23,12 @@ from typing import Any
 import numpy as np
 import ray
 
+__all__ = [
+    "CacheClient",
+    "CacheUnavailable",
+    "TileCache",
+]
+
 log = logging.getLogger("ray.serve")
 
 

@@ -22,6 +22,21 @@ import httpx
 
 from skyrender.errors import SkyRenderError
 
+__all__ = [
+    "FetchConfig",
+    "NoUsableTiles",
+    "RootPolicy",
+    "SurveyRoot",
+    "TileFetcher",
+    "TileNotFound",
+    "TileTooLarge",
+    "URLNotAllowed",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
 
 class UpstreamError(Exception):
     """Base class of fetch failures that are the upstream's fault (5xx-worthy)."""

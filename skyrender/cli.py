@@ -14,6 +14,10 @@ from pathlib import Path
 from .display import STRETCHES
 from .errors import SkyRenderError
 
+__all__ = [
+    "main",
+]
+
 
 def _geometry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hips", required=True, help="survey root: local directory or http(s) URL")

@@ -18,6 +18,11 @@ from .errors import GeometryError
 from .geometry import OutputGeometry, make_geometry
 from .tiles import TileId
 
+__all__ = [
+    "MAX_TAN_FOV_DEG",
+    "field_of_tiles",
+]
+
 #: Widest field rendered in TAN [deg]; wider lists get an all-sky AIT view.
 MAX_TAN_FOV_DEG = 120.0
 

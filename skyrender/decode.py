@@ -20,6 +20,13 @@ import numpy as np
 from .errors import TileDecodeError, TilePathError
 from .tiles import format_of
 
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "decode_allsky",
+    "decode_tile",
+    "sniff_format",
+]
+
 #: Default cap on the pixels a single tile may claim.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 

@@ -24,6 +24,31 @@ import numpy as np
 
 from .errors import DisplayError
 
+__all__ = [
+    "CUT_METHODS",
+    "Cut",
+    "DEFAULT_MAX_PERCENT",
+    "DEFAULT_MIN_PERCENT",
+    "DisplayImage",
+    "MAX_CUT_SAMPLES",
+    "NO_DATA_COLOUR",
+    "NO_DATA_INDEX",
+    "N_DATA_COLOURS",
+    "STRETCHES",
+    "apply_stretch",
+    "as_rgb",
+    "check_stretch",
+    "colormap_lut",
+    "colour_to_rgb",
+    "compute_cuts",
+    "cut_sample",
+    "display_lut",
+    "parse_cut",
+    "parse_survey_cut",
+    "to_display",
+    "to_index",
+]
+
 #: Stretch names accepted by :func:`apply_stretch`.
 STRETCHES = ("linear", "sqrt", "log", "asinh", "power")
 

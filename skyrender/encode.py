@@ -27,6 +27,14 @@ from .display import NO_DATA_INDEX, DisplayImage, to_display
 from .errors import EncodeError, TilePathError
 from .tiles import format_of
 
+__all__ = [
+    "MEDIA_TYPES",
+    "encode_fits",
+    "encode_image",
+    "encode_jpeg",
+    "encode_png",
+]
+
 #: Media type of each output format (canonical names: `skyrender.tiles.format_of`).
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "fits": "application/fits"}
 

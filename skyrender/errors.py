@@ -9,6 +9,17 @@ own words (``reason``, e.g. wcslib's) apart from the sentence meant for people.
 
 from __future__ import annotations
 
+__all__ = [
+    "DisplayError",
+    "EncodeError",
+    "GeometryError",
+    "InvalidWCSError",
+    "PropertiesError",
+    "SkyRenderError",
+    "TileDecodeError",
+    "TilePathError",
+]
+
 
 def _rebuild(cls: type, message: str, field: str | None, reason: str | None) -> SkyRenderError:
     return cls(message, field=field, reason=reason)

@@ -13,6 +13,14 @@ import numpy as np
 
 from .errors import GeometryError
 
+__all__ = [
+    "FRAMES",
+    "frame_of_wcs",
+    "normalize_frame",
+    "rotation_matrix",
+    "transform_lonlat",
+]
+
 #: Canonical frame names used across the package.
 FRAMES = ("icrs", "galactic", "ecliptic")
 

@@ -22,6 +22,19 @@ from .errors import GeometryError, InvalidWCSError
 from .frames import frame_of_wcs, normalize_frame
 from .wcserrors import explain_wcs_error
 
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_SIDE",
+    "FIELD_PROJECTIONS",
+    "MIN_PIXEL_SCALE_DEG",
+    "OutputGeometry",
+    "PARAMETRIC_PROJECTIONS",
+    "WCSLIB_PROJECTIONS",
+    "geometry_from_header",
+    "header_from_mapping",
+    "make_geometry",
+]
+
 #: Smallest output pixel [deg] (3.6 micro-arcsec): far below any survey's resolution, and
 #: far above where wcslib's matrix inversion fails (a pixel that underflows to 0 is singular).
 MIN_PIXEL_SCALE_DEG = 1e-9

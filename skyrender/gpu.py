@@ -44,6 +44,15 @@ from .grid import GridPlan
 from .sampling import Cells, TileSet
 from .sampling import blend as cpu_blend
 
+__all__ = [
+    "GRID_SHADER",
+    "MAX_CHANNELS",
+    "MAX_TILE",
+    "SHADER",
+    "WORKGROUP",
+    "WgpuBlender",
+]
+
 log = logging.getLogger(__name__)
 
 #: Threads per workgroup (1-D); rows beyond 65535 groups wrap into the y dimension.

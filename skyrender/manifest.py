@@ -25,6 +25,16 @@ from .projection import _rotate_lonlat
 from .sampling import sample_cells
 from .tiles import tile_url
 
+__all__ = [
+    "ManifestTile",
+    "choose_order",
+    "field_tiles",
+    "filter_by_moc",
+    "healpix_pixel_size_deg",
+    "load_moc",
+    "tile_manifest",
+]
+
 log = logging.getLogger(__name__)
 
 

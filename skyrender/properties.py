@@ -11,6 +11,13 @@ from .errors import PropertiesError
 from .frames import normalize_frame
 from .tiles import format_of, tile_url
 
+__all__ = [
+    "HipsSurvey",
+    "load_survey",
+    "parse_properties",
+    "survey_from_properties",
+]
+
 
 def parse_properties(text: str) -> dict[str, str]:
     """``key = value`` lines → dict. Comments, blank and malformed lines are skipped;

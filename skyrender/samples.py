@@ -36,6 +36,22 @@ import numpy as np
 from .sampling import tile_cells_xy
 from .tiles import tile_path
 
+__all__ = [
+    "BUILDER",
+    "CITATION",
+    "FORMATS",
+    "LICENCE",
+    "MAP_FILE",
+    "SURVEY_ID",
+    "TILE_DEPTH",
+    "build_sample_hips",
+    "degrade",
+    "hi4pi_map",
+    "is_complete",
+    "main",
+    "map_tiles",
+]
+
 #: log2 of the tile width: 64-pixel tiles, so order 0 holds the map's order 6 cells.
 TILE_DEPTH = 6
 SURVEY_ID = "ivo://skyrender/P/HI4PI/NHI"

@@ -13,6 +13,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
+__all__ = [
+    "MIN_ROWS_PER_CHUNK",
+    "resolve_threads",
+    "row_chunks",
+    "run_row_chunks",
+]
+
 #: Fewer rows than this per chunk are not worth a thread hand-off.
 MIN_ROWS_PER_CHUNK = 32
 

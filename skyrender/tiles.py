@@ -7,6 +7,17 @@ from typing import NamedTuple
 
 from .errors import TilePathError
 
+__all__ = [
+    "FORMAT_EXT",
+    "MAX_ORDER",
+    "TileId",
+    "allsky_path",
+    "format_of",
+    "parse_tile_url",
+    "tile_path",
+    "tile_url",
+]
+
 #: Tile format name → file extension (HiPS 1.0 §4.2).
 FORMAT_EXT = {"fits": "fits", "jpeg": "jpg", "png": "png"}
 _EXT_FORMAT = {"fits": "fits", "jpg": "jpeg", "jpeg": "jpeg", "png": "png"}
@@ -78,15 +89,6 @@ def parse_tile_url(url: str) -> TileId:
             f"Dir{directory} does not hold Npix{npix} (expected Dir{(npix // 10000) * 10000})"
         )
     return TileId(order, npix, format_of(match.group(4)))
-
-
-def tile_root(url: str) -> str:
-    """The survey root a tile URL lives under (everything before ``/NorderK/``)."""
-    parse_tile_url(url)
-    path = re.split(r"[?#]", url, maxsplit=1)[0]
-    match = _TILE_RE.search(path)
-    assert match is not None
-    return path[: match.start()].rstrip("/") if match.group(0).startswith("/") else path[: match.start()]
 
 
 def allsky_path(fmt: str, order: int = 3) -> str:

@@ -28,6 +28,14 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from .errors import InvalidWCSError
 from .wcserrors import explain_wcs_error, library_reason
 
+__all__ = [
+    "MAX_HEADER_SIDE",
+    "WcsDescription",
+    "describe_header",
+    "normalize_header",
+    "wcs_from_header",
+]
+
 #: Largest accepted NAXIS1/NAXIS2 [pixels]: a sanity bound for descriptions (renders
 #: apply their own, much smaller, limits).
 MAX_HEADER_SIDE = 1_000_000

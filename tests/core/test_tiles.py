@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skyrender.errors import TilePathError
-from skyrender.tiles import TileId, allsky_path, parse_tile_url, tile_path, tile_root, tile_url
+from skyrender.tiles import TileId, allsky_path, parse_tile_url, tile_path, tile_url
 
 
 def test_paths_follow_the_standard():
@@ -22,7 +22,6 @@ def test_parse_urls():
         3, 300, "fits"
     )
     assert parse_tile_url("/data/hips/Norder9/Dir120000/Npix123456.JPEG?v=2") == TileId(9, 123456, "jpeg")
-    assert tile_root("http://h/x/Norder3/Dir0/Npix1.png") == "http://h/x"
 
 
 @pytest.mark.parametrize(

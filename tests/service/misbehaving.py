@@ -7,7 +7,9 @@ tile requests (``properties`` and ``Moc.fits`` are always served as they are):
 * ``err``: always HTTP 500;     ``flaky``: HTTP 503 for the first ``flaky_failures`` requests of a path;
 * ``corrupt``: garbage bytes;   ``truncated``: the first half of the file;
 * ``bomb``: a FITS header claiming 100000 x 100000 pixels;
-* ``redirect``: 302 to the same path on another loopback host (off-root).
+* ``redirect``: 302 to the same path on another loopback host (off-root);
+* ``mixed``: tiles with an odd ``Npix`` are garbage, the others as is (good and broken tiles
+  in one survey).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class MisbehavingHips:
                     return self._send(500, b"internal error")
                 if mode == "flaky":
                     return self._send(503, b"busy") if seen <= outer.flaky_failures else self._send(200, data)
+                if mode == "mixed":
+                    odd = int(rest.rsplit("Npix", 1)[-1].split(".")[0] or 0) % 2 if "Npix" in rest else 0
+                    return self._send(200, b"SIMPLE  =" + bytes(range(256)) * 8 if odd else data)
                 if mode == "corrupt":
                     return self._send(200, b"SIMPLE  =" + bytes(range(256)) * 8)
                 if mode == "truncated":
