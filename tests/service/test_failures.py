@@ -136,14 +136,14 @@ def test_broken_tiles_are_skipped_and_all_broken_is_502(app, survey):
 
 
 def test_some_broken_tiles_still_render(app, bad):
-    # Npix304 is served as is, Npix335 as garbage: one good and one broken tile of one survey.
-    good = f"{bad.url}/mixed/{SURVEY}/Norder3/Dir0/Npix304.fits"
-    broken = f"{bad.url}/mixed/{SURVEY}/Norder3/Dir0/Npix335.fits"
+    # Npix448 is served as is, its neighbour Npix449 as garbage: a good and a broken tile of one survey.
+    good = f"{bad.url}/mixed/{SURVEY}/Norder3/Dir0/Npix448.fits"
+    broken = f"{bad.url}/mixed/{SURVEY}/Norder3/Dir0/Npix449.fits"
     r = app.client.post("/render/snapshot", json={"tiles": [good, broken], "width": 128, "height": 128})
     assert r.status_code == 200, r.text
     assert r.headers["x-tiles-used"] == "1"  # the good one; the broken one is skipped, not drawn
     alpha = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3]
-    assert (alpha == 255).mean() > 0.2 and (alpha == 0).mean() > 0.2  # drawn, and a hole where it broke
+    assert (alpha == 255).mean() > 0.1 and (alpha == 0).mean() > 0.1  # drawn, and a hole where it broke
     alone = app.client.post("/render/snapshot", json={"tiles": [broken], "width": 64, "height": 64})
     assert alone.status_code == 502 and alone.json()["error"] == "no usable tiles"
     # Tiles of two surveys in one list are refused.
