@@ -1,7 +1,7 @@
 """The service layer's promises, against the real application on loopback: readiness from the
 first second (the catalogue loads while a survey's upstream is held back), strict tile URLs,
-wide fields degrading to Allsky, MOCs whose COORDSYS disagrees, empty strings, tiles lost
-between stages, offline /docs, and the cache actor following the application's lifetime."""
+wide fields degrading to Allsky, MOCs whose COORDSYS disagrees, empty strings, offline /docs,
+and the cache actor following the application's lifetime (tiles lost between stages: test_lost_tiles.py)."""
 
 from __future__ import annotations
 
@@ -111,9 +111,7 @@ def app(upstream, gated, local_survey):
         },
         "cache": {"disk_enabled": False, "max_bytes": 64 * 1024 * 1024},
     }
-    # One compose replica taking one request at a time: the lost-tile tests queue behind it.
-    one = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 1}
-    served = ServeApp(args, deployments={"Compose": {"max_ongoing_requests": 1, "autoscaling_config": one}})
+    served = ServeApp(args)
     yield served
     served.close()
 
@@ -178,23 +176,25 @@ def test_tile_urls_are_parsed_not_matched(app, upstream):
     )
     before = dict(upstream.counts)
     host, port = upstream.url.removeprefix("http://").split(":")
+    # 400: malformed; 403: outside every root; 422: refused by the request schema's tile-URL pattern.
+    bad, foreign, userinfo = {400, 422}, {403}, {403, 422}
     cases = {
-        "http://169.254.169.254/hips/gaia-local/Norder0/Dir0/Npix6.jpg": 403,
-        f"http://user@{app.url.removeprefix('http://')}/hips/gaia-local/Norder3/Dir0/Npix300.jpg": 403,
-        f"http://user:pw@{host}:{port}/cds-dss2-red/Norder3/Dir0/Npix300.jpg": 403,
-        f"{dss}/../{GAIA}/Norder3/Dir0/Npix304.jpg": 400,
-        f"{dss}/%2e%2e/{GAIA}/Norder3/Dir0/Npix304.jpg": 400,
-        f"{dss}/./Norder3/Dir0/Npix300.jpg": 400,
-        f"{dss}/Norder3/Dir10000/Npix300.jpg": 400,
-        f"{dss}/extra/Norder3/Dir0/Npix300.jpg": 400,
-        f"{dss}x/Norder3/Dir0/Npix300.jpg": 403,
-        f"https://{host}:{port}/cds-dss2-red/Norder3/Dir0/Npix300.jpg": 403,
-        f"{local.replace('gaia-local', 'nope')}/Norder3/Dir0/Npix300.jpg": 403,
-        "Norder3/Dir0/Npix300.jpg": 400,
+        "http://169.254.169.254/hips/gaia-local/Norder0/Dir0/Npix6.jpg": foreign,
+        f"http://user@{app.url.removeprefix('http://')}/hips/gaia-local/Norder3/Dir0/Npix300.jpg": userinfo,
+        f"http://user:pw@{host}:{port}/cds-dss2-red/Norder3/Dir0/Npix300.jpg": userinfo,
+        f"{dss}/../{GAIA}/Norder3/Dir0/Npix304.jpg": bad,
+        f"{dss}/%2e%2e/{GAIA}/Norder3/Dir0/Npix304.jpg": bad,
+        f"{dss}/./Norder3/Dir0/Npix300.jpg": bad,
+        f"{dss}/Norder3/Dir10000/Npix300.jpg": bad,
+        f"{dss}/extra/Norder3/Dir0/Npix300.jpg": bad,
+        f"{dss}x/Norder3/Dir0/Npix300.jpg": foreign,
+        f"https://{host}:{port}/cds-dss2-red/Norder3/Dir0/Npix300.jpg": foreign,
+        f"{local.replace('gaia-local', 'nope')}/Norder3/Dir0/Npix300.jpg": foreign,
+        "Norder3/Dir0/Npix300.jpg": bad,
     }
-    for url, status in cases.items():
+    for url, statuses in cases.items():
         r = app.client.post("/render/preview", json={"tiles": [url]})
-        assert r.status_code == status, (url, r.text)
+        assert r.status_code in statuses, (url, r.text)
         assert set(r.json()) == {"error", "detail"} and r.json()["detail"]
     assert upstream.counts == before, "a refused URL reached the upstream"
 
@@ -257,95 +257,6 @@ def test_empty_strings_mean_not_given(app):
     assert r.status_code == 200, r.text
     r = app.client.post("/v1/tile-manifest", json={**FIELD, "survey": "", "epoch": " "})
     assert r.status_code == 200 and r.json()["survey"] == "dss2-red"
-
-
-# -- tiles lost between stages ------------------------------------------------------------------------
-
-#: Four order-3 DSS2 tiles, all present upstream (448-451).
-LOST_FIELD = {"ra": 270.0, "dec": -30.0, "fovDeg": 3.0, "width": 320, "height": 240}
-BIG = {"ra": 0.0, "dec": 0.0, "fovDeg": 360.0, "width": 2048, "height": 1024, "projection": "AIT"}
-
-
-def _cache_actor():
-    import ray
-
-    try:
-        return ray.get_actor("skyrender-tile-cache", namespace="skyrender")
-    except ValueError:
-        return None
-
-
-def _manifest(app, body: dict) -> dict:
-    r = app.client.post("/v1/tile-manifest", json={k: v for k, v in body.items() if k != "format"})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _cached(app, body: dict) -> bool:
-    """Render ``body``; True when every one of its tiles is then in the shared cache."""
-    import ray
-
-    assert app.client.post("/v1/preview", json=body).status_code == 200
-    actor = _cache_actor()
-    if actor is None:
-        return False
-    for t in _manifest(app, body)["tiles"]:
-        key = f"{body['survey']}/{t['order']}/{t['npix']}.fits"
-        state, _ = ray.get(actor.lease.remote(key))
-        if state == "fetch":  # not there: give the lease back untouched
-            ray.get(actor.fail.remote(key, "probe"))
-        if state != "hit":
-            return False
-    return True
-
-
-def _lose_cached_tiles_while_compose_is_busy(app, body: dict, before_target=lambda: None):
-    """Send ``body`` while compose (one replica, one request at a time) is busy with big renders,
-    and kill the cache actor once ``body``'s tiles were served from it: the object-store copies
-    the fetch stage handed on die with their owner before compose reads them. Returns the answer."""
-    import concurrent.futures
-
-    import ray
-
-    _poll(lambda: _cached(app, body), timeout_s=60, every_s=1.0)
-    big = [{**BIG, "survey": "gaia", "ra": ra} for ra in (0.0, 90.0, 180.0)]
-    assert app.client.post("/v1/preview", json=big[0]).status_code == 200  # its Allsky is cached now
-    actor = _cache_actor()
-    stats = lambda: ray.get(actor.stats.remote())  # noqa: E731
-    n_tiles = len(_manifest(app, body)["tiles"])
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        hits = stats()["hits"]
-        busy = [pool.submit(app.client.post, "/v1/preview", json=b) for b in big[1:]]
-        _poll(lambda: stats()["hits"] >= hits + len(busy), every_s=0.02)  # both fetched: compose is busy
-        before_target()
-        hits = stats()["hits"]
-        target = pool.submit(app.client.post, "/v1/preview", json=body)
-        _poll(lambda: stats()["hits"] >= hits + n_tiles, every_s=0.02)  # fetched from the cache
-        ray.kill(actor, no_restart=True)
-        assert all(f.result().status_code == 200 for f in busy)
-        return target.result()
-
-
-def test_a_tile_lost_between_stages_is_fetched_again_never_a_picture_with_holes(app, upstream):
-    body = {**LOST_FIELD, "survey": "dss2-red", "format": "png"}
-    first = app.client.post("/v1/preview", json=body)
-    assert first.status_code == 200
-    before = upstream.tile_requests()
-    again = _lose_cached_tiles_while_compose_is_busy(app, body)
-    assert again.status_code == 200, again.text
-    assert upstream.tile_requests() > before, "lost tiles were not fetched again"
-    assert again.headers["x-tiles-used"] == first.headers["x-tiles-used"]
-    assert again.content == first.content
-
-
-def test_a_lost_tile_that_cannot_be_fetched_again_is_a_5xx(app, upstream):
-    body = {**LOST_FIELD, "survey": "dss2-red", "format": "png"}
-    try:
-        r = _lose_cached_tiles_while_compose_is_busy(app, body, before_target=upstream.stop)
-        assert r.status_code in (502, 503, 504), r.text
-        assert r.json()["error"]
-    finally:
-        upstream.start()
 
 
 # -- offline docs ---------------------------------------------------------------------------------
