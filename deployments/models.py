@@ -70,13 +70,36 @@ class _Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_is_absent(cls, data: Any) -> Any:
-        """``""`` for an optional field means "not given" (HTML forms and JS clients send it for
-        an empty field): the field takes its default. A required field keeps what it was sent."""
+        """``""`` for an optional field whose documented schema allows it (``epoch``, ``survey``)
+        means "not given", as HTML forms and JS clients send it: the field takes its default.
+        A field whose pattern excludes ``""`` (a cut, a colour) keeps it and is refused, as the
+        OpenAPI document says."""
         if isinstance(data, dict):
-            optional = {k for k, f in cls.model_fields.items() if not f.is_required()}
             blank = {k for k, v in data.items() if isinstance(v, str) and not v.strip()}
-            return {k: v for k, v in data.items() if k not in blank & optional}
+            return {k: v for k, v in data.items() if k not in blank & _blank_means_absent(cls)}
         return data
+
+
+_BLANK: dict[type, frozenset[str]] = {}
+
+
+def _blank_means_absent(cls: type[BaseModel]) -> frozenset[str]:
+    """The optional fields of ``cls`` whose JSON schema accepts ``""`` (computed once per model)."""
+    if cls not in _BLANK:
+        import re
+
+        props = cls.model_json_schema().get("properties", {})
+        names = set()
+        for name, field in cls.model_fields.items():
+            branches = props.get(field.alias or name, {}).get("anyOf") or [props.get(field.alias or name, {})]
+            strings = [b for b in branches if b.get("type") == "string"]
+            if not field.is_required() and any(
+                not b.get("minLength") and re.search(b.get("pattern", ""), "") and "" in b.get("enum", [""])
+                for b in strings
+            ):
+                names.add(name)
+        _BLANK[cls] = frozenset(names)
+    return _BLANK[cls]
 
 
 # Descriptions shared by the request bodies (they end up in the OpenAPI document NestJS reads).

@@ -251,12 +251,12 @@ def test_a_moc_whose_coordsys_disagrees_still_filters_the_manifest(app):
 
 
 def test_empty_strings_mean_not_given(app):
-    r = app.client.post(
-        "/v1/preview", json={**FIELD, "survey": "", "epoch": "", "minCut": "", "colormap": ""}
-    )
+    r = app.client.post("/v1/preview", json={**FIELD, "survey": "", "epoch": ""})
     assert r.status_code == 200, r.text
     r = app.client.post("/v1/tile-manifest", json={**FIELD, "survey": "", "epoch": " "})
     assert r.status_code == 200 and r.json()["survey"] == "dss2-red"
+    # A field whose documented pattern excludes "" (a cut) is refused, as the OpenAPI document says.
+    assert app.client.post("/v1/preview", json={**FIELD, "minCut": ""}).status_code == 422
 
 
 # -- offline docs ---------------------------------------------------------------------------------
