@@ -135,6 +135,16 @@ async function main(): Promise<number> {
     assert(h.ok === (h.body.status === "ok"), `ok ${h.ok} but status ${String(h.body.status)}`);
     return `status ${String(h.body.status)}`;
   });
+  await check("GET /readyz", async () => {
+    const r = await sky.ready();
+    assert(r.ok && r.body.status === "ready", `not ready: ${JSON.stringify(r.body)}`);
+    return `status ${String(r.body.status)}`;
+  });
+  await check("GET /livez", async () => {
+    const l = await sky.live();
+    assert(l.status === "alive", `status ${String(l.status)}`);
+    return `status ${l.status}`;
+  });
   await check("GET /v1/surveys", async () => {
     const list = await sky.surveys();
     assert(list.length > 0 && list.filter((s) => s.default).length === 1, "one default survey");

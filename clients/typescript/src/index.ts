@@ -190,6 +190,18 @@ export class SkyrenderService {
     return { ok: response.status === 200, body: (data ?? error) as Record<string, unknown> };
   }
 
+  /** `GET /readyz`: `ok` true once the catalogue is loaded and every stage is warm (503 with the reason until then). */
+  async ready(): Promise<{ ok: boolean; body: Record<string, unknown> }> {
+    const { data, error, response } = await this.client.GET("/readyz");
+    if (response.status !== 200 && response.status !== 503) fail(response, error);
+    return { ok: response.status === 200, body: (data ?? error) as Record<string, unknown> };
+  }
+
+  /** `GET /livez`: the process answers (Kubernetes liveness). */
+  async live(): Promise<Record<string, string>> {
+    return json(await this.client.GET("/livez"));
+  }
+
   /** `GET /v1/surveys`: the configured surveys (the first is the default) and their properties. */
   async surveys(): Promise<SurveyInfo[]> {
     return json(await this.client.GET("/v1/surveys")).surveys;
