@@ -22,7 +22,7 @@ from skyrender.geometry import make_geometry
 from tests.core.test_layers import fit_source
 from tests.epoch_fields import FADE, INJECTED_PEAK, build_epochs
 
-from .serve_harness import ServeApp
+from .serve_harness import SLOW_MACHINE_DEADLINES, ServeApp
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def app(upstream, epochs):
     ]
     # Correctness, not deadlines, is tested here: a busy machine's cold first renders get 30 s.
     args = {"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4}}
-    served = ServeApp({**args, "upstream": {"request_deadline_s": 30.0}})
+    served = ServeApp({**args, "upstream": {"request_deadline_s": 30.0}, "overload": SLOW_MACHINE_DEADLINES})
     yield served
     served.close()
 

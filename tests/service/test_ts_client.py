@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from .serve_harness import REPO_ROOT, ServeApp
+from .serve_harness import REPO_ROOT, SLOW_MACHINE_DEADLINES, ServeApp
 
 CLIENT = REPO_ROOT / "clients" / "typescript"
 NPM = shutil.which("npm")
@@ -51,6 +51,7 @@ def app(upstream):
         "build_sample_survey": False,
         # The first renders of a fresh application on a busy shared machine can take seconds.
         "upstream": {"request_deadline_s": 30.0},
+        "overload": SLOW_MACHINE_DEADLINES,
     }
     served = ServeApp(args)
     yield served

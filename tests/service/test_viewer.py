@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 from PIL import Image
 
 from . import browser
-from .serve_harness import ServeApp
+from .serve_harness import SLOW_MACHINE_DEADLINES, ServeApp
 
 SURVEYS = [
     {"name": "dss2-red", "url": "cds-dss2-red", "epoch": "1.1", "aliases": ["dss"]},
@@ -40,7 +40,12 @@ GC_HASH = "ra=266.4&dec=-28.9&fov=6&proj=TAN&survey=dss2-red&cmap=gray&stretch=l
 def app(upstream):
     surveys = [{**s, "url": f"{upstream.url}/{s['url']}"} for s in SURVEYS]
     # The first renders of a fresh application on a busy shared machine can take seconds.
-    args = {"surveys": surveys, "build_sample_survey": False, "upstream": {"request_deadline_s": 30.0}}
+    args = {
+        "surveys": surveys,
+        "build_sample_survey": False,
+        "upstream": {"request_deadline_s": 30.0},
+        "overload": SLOW_MACHINE_DEADLINES,
+    }
     served = ServeApp(args)
     yield served
     served.close()
