@@ -9,7 +9,6 @@ the answer's bytes come back to the ingress.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -26,10 +25,11 @@ from skyrender.render import plan_render
 from skyrender.tiles import TileId
 
 from .config import AppConfig, SurveyConfig
-from .contracts import EncodedImage, RenderSpec, TileOutcome, TileRequest
+from .contracts import EncodedImage, RenderSpec, TileRequest
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
 from .http_cache import CachePolicy, strong_etag, survey_release
 from .limits import check_tile_count
+from .render_answer import image_response
 from .services import Services
 from .tile_urls import tile_location
 
@@ -181,34 +181,10 @@ async def run_layers(
         error = api_error_of(exc)
         state.update(outcome=error.error, cause=str(error.detail))
         raise error from None
-    outcomes = result.tile_outcomes
-    state.update(
-        outcome="ok",
-        backend=result.backend,
-        tiles_used=result.tiles_used,
-        tiles_fetched=sum(n for k, n in outcomes.items() if k.downloaded),
-        tiles_from_cache=sum(n for k, n in outcomes.items() if k.from_cache),
-        tiles_missing=outcomes.get(TileOutcome.MISSING, 0),
-        fetch_ms=round(result.fetch_seconds * 1e3, 2),
-        compose_ms=round(result.compose_seconds * 1e3, 2),
-        encode_ms=round(result.encode_seconds * 1e3, 2),
-    )
     headers = {
-        "X-WCS": json.dumps(geom.wcs_keywords(), separators=(",", ":")),
-        "X-Compose-Backend": result.backend,
-        "X-Tiles-Used": str(result.tiles_used),
         "X-Layers": ",".join(layer.label for layer in layers),
         "ETag": layers_etag(svc, geom, layers, spec),
         "Cache-Control": CachePolicy().cache_control(),
-        # fetch and compose: the slowest layer (layers run side by side).
-        "Server-Timing": ", ".join(
-            f"{name};dur={seconds * 1e3:.1f}"
-            for name, seconds in (
-                ("fetch", result.fetch_seconds),
-                ("compose", result.compose_seconds),
-                ("encode", result.encode_seconds),
-                ("chain", time.perf_counter() - start),
-            )
-        ),
     }
-    return Response(content=result.body, media_type=result.media_type, headers=headers)
+    # fetch and compose in Server-Timing: the slowest layer's (layers run side by side).
+    return image_response(state, geom, result, time.perf_counter() - start, headers)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 
@@ -26,11 +25,12 @@ from skyrender.tiles import TileId
 
 from .catalogue import SurveyCatalogue
 from .config import AppConfig, SurveyConfig
-from .contracts import DisplaySpec, EncodedImage, RenderSpec, TileOutcome, TileRequest
+from .contracts import DisplaySpec, EncodedImage, RenderSpec, TileRequest
 from .deadline import Budget, Deadline, InvalidDeadline, Shed
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
 from .http_cache import CachePolicy, if_none_match, strong_etag, survey_release
 from .limits import check_tile_count
+from .render_answer import image_response
 from .shedding import AdmissionGate, Admitted, shed_from_backpressure
 from .tile_urls import tile_location
 
@@ -257,38 +257,14 @@ class RenderChain:
             raise
         self.gate.finish(admitted, list(result.reports), completed=True)
         returned_at = time.time()
-        outcomes = result.tile_outcomes
-        state.update(
-            outcome="ok",
-            backend=result.backend,
-            tiles_used=result.tiles_used,
-            tiles_fetched=sum(n for k, n in outcomes.items() if k.downloaded),
-            tiles_from_cache=sum(n for k, n in outcomes.items() if k.from_cache),
-            tiles_missing=outcomes.get(TileOutcome.MISSING, 0),
-            tiles_broken=outcomes.get(TileOutcome.BROKEN, 0),
-            fetch_ms=round(result.fetch_seconds * 1e3, 2),
-            compose_ms=round(result.compose_seconds * 1e3, 2),
-            encode_ms=round(result.encode_seconds * 1e3, 2),
+        return image_response(
+            state,
+            geom,
+            result,
+            time.perf_counter() - chain_start,
+            {**cache_headers, "X-HiPS-Order": str(order)},
+            _handoffs(dispatched_at, result.stamps, returned_at),
         )
-        headers = {
-            "X-WCS": json.dumps(geom.wcs_keywords(), separators=(",", ":")),
-            "X-Compose-Backend": result.backend,
-            "X-Tiles-Used": str(result.tiles_used),
-            **cache_headers,
-            "X-HiPS-Order": str(order),
-            # Where the time went (W3C Server-Timing: browsers' dev tools and the benchmark read it).
-            "Server-Timing": ", ".join(
-                f"{name};dur={seconds * 1e3:.1f}"
-                for name, seconds in (
-                    ("fetch", result.fetch_seconds),
-                    ("compose", result.compose_seconds),
-                    ("encode", result.encode_seconds),
-                    ("chain", time.perf_counter() - chain_start),
-                    *_handoffs(dispatched_at, result.stamps, returned_at),
-                )
-            ),
-        }
-        return Response(content=result.body, media_type=result.media_type, headers=headers)
 
     async def _chain(
         self,
