@@ -27,7 +27,7 @@ from skyrender.tiles import TileId
 from .config import AppConfig, SurveyConfig
 from .contracts import EncodedImage, RenderSpec, TileRequest
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
-from .http_cache import CachePolicy, strong_etag, survey_release
+from .http_cache import strong_etag, survey_release
 from .limits import check_tile_count
 from .render_answer import image_response
 from .services import Services
@@ -184,7 +184,7 @@ async def run_layers(
     headers = {
         "X-Layers": ",".join(layer.label for layer in layers),
         "ETag": layers_etag(svc, geom, layers, spec),
-        "Cache-Control": CachePolicy().cache_control(),
+        "Cache-Control": svc.chain.cache_policy.cache_control(),
     }
     # fetch and compose in Server-Timing: the slowest layer's (layers run side by side).
     return image_response(state, geom, result, time.perf_counter() - start, headers)

@@ -50,7 +50,8 @@ class RenderChain:
     ):
         self.config = config
         self.fetch, self.compose, self.encode = fetch, compose, encode
-        self.cache_policy = CachePolicy()
+        # Every rendered image (single or layered) is reusable this long: the configured max-age.
+        self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
 
     def etag(

@@ -24,6 +24,8 @@ from tests.epoch_fields import FADE, INJECTED_PEAK, build_epochs
 
 from .serve_harness import SLOW_MACHINE_DEADLINES, ServeApp
 
+MAX_AGE_S = 600  # render.cache_max_age_s of this module's app (the default is 3600)
+
 
 @pytest.fixture(scope="module")
 def epochs(fits_dir, tmp_path_factory):
@@ -43,7 +45,9 @@ def app(upstream, epochs):
         {"name": "dss2-color", "url": f"{upstream.url}/cds-dss2-color"},
     ]
     # Correctness, not deadlines, is tested here: a busy machine's cold first renders get 30 s.
-    args = {"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4}}
+    # A max-age other than the default: every rendered image's Cache-Control must come from here.
+    args = {"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4},
+            "render": {"cache_max_age_s": MAX_AGE_S}}  # fmt: skip
     served = ServeApp({**args, "upstream": {"request_deadline_s": 30.0}, "overload": SLOW_MACHINE_DEADLINES})
     yield served
     served.close()
@@ -170,6 +174,18 @@ def test_blink_apng_and_gif(app, field):
         assert r.headers["content-type"] == media
         im = Image.open(io.BytesIO(r.content))
         assert im.n_frames == 3 and im.info["loop"] == 0 and im.size == (256, 256)
+        assert r.headers["cache-control"] == f"public, max-age={MAX_AGE_S}"
+
+
+def test_every_rendered_image_takes_its_max_age_from_the_config(app, field):
+    expected = f"public, max-age={MAX_AGE_S}"
+    answers = {
+        "difference": app.client.post("/v1/epochs/difference", json={**field, "survey": "magpis"}),
+        "preview": app.client.post("/v1/preview", json={**field, "survey": "magpis", "epoch": "1"}),
+        "hips2fits": _hips2fits(app, "magpis-e1", field, fmt="png"),
+    }
+    for name, r in answers.items():
+        assert _ok(r).headers["cache-control"] == expected, (name, r.headers)
 
 
 # -- contours ----------------------------------------------------------------------------
@@ -349,6 +365,6 @@ def test_layered_pictures_carry_a_strong_etag(app):
     assert first.status_code == 200 and again.status_code == 200
     etag = first.headers["etag"]
     assert etag.startswith('"') and etag == again.headers["etag"] and first.content == again.content
-    assert first.headers["cache-control"].startswith("public, max-age=")
+    assert first.headers["cache-control"] == f"public, max-age={MAX_AGE_S}"
     other = {**body, "layers": [layers[0], {**layers[1], "opacity": 0.4}]}
     assert app.client.post("/v1/composite", json=other).headers["etag"] != etag
