@@ -99,23 +99,29 @@ class Encode:
             stamps=(*composed.stamps, started_at, time.time()),
         )
 
-    def combine(self, spec: Any, *composed: Composed) -> EncodedImage:
+    def combine(self, spec: Any, *composed: Composed, budget: Budget | None = None) -> EncodedImage:
         """Combine several layers' renders (one `Composed` each) as ``spec`` says.
 
         ``spec`` is one of `skyrender.layers`' specs (composite, difference, blink,
         stats); the layers' composes ran side by side, so the fetch and compose times
-        reported are the slowest layer's.
+        reported are the slowest layer's. Raises `deployments.deadline.Shed` before any
+        work when ``budget``'s deadline has passed or this replica's measured time no
+        longer fits.
         """
         from skyrender.layers import PictureOptions, combine
 
+        self._yield_cpu()
+        run = self.guard.enter(budget, max(c.finished_at for c in composed) or None)
         start = time.perf_counter()
         render = self.config.render
-        out = combine(
-            spec,
-            [c.image for c in composed],
-            PictureOptions(png_compress_level=render.png_compress_level, jpeg_quality=render.jpeg_quality),
-        )
+        opts = PictureOptions(png_compress_level=render.png_compress_level, jpeg_quality=render.jpeg_quality)
+        try:
+            out = combine(spec, [c.image for c in composed], opts)
+        except BaseException:
+            self.guard.abandon()
+            raise
         seconds = time.perf_counter() - start
+        report = self.guard.leave(run, budget)
         observe_stage("encode", seconds)
         outcomes: dict[TileOutcome, int] = {}
         for c in composed:
@@ -130,4 +136,5 @@ class Encode:
             backend=composed[0].backend,
             tiles_used=sum(c.tiles_used for c in composed),
             tile_outcomes=outcomes,
+            reports=(*(r for c in composed for r in c.reports), report),
         )

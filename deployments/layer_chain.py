@@ -9,6 +9,7 @@ the answer's bytes come back to the ingress.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -24,16 +25,18 @@ from skyrender.properties import HipsSurvey
 from skyrender.render import plan_render
 from skyrender.tiles import TileId
 
+from .admission import work_units
 from .config import AppConfig, SurveyConfig
 from .contracts import EncodedImage, RenderSpec, TileRequest
-from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
+from .deadline import Budget
+from .errors import ApiError, is_replica_death, message_of, unwrap
 from .http_cache import strong_etag, survey_release
 from .limits import check_tile_count
 from .render_answer import image_response
 from .services import Services
 from .tile_urls import tile_location
 
-__all__ = ["PlannedLayer", "check_layer_count", "plan_layer", "run_layers", "survey_epochs"]
+__all__ = ["PlannedLayer", "admit_layers", "check_layer_count", "plan_layer", "run_layers", "survey_epochs"]
 
 log = logging.getLogger("ray.serve")
 
@@ -120,20 +123,44 @@ async def plan_layer(svc: Services, geom: OutputGeometry, name: str, epoch: str 
     return PlannedLayer(label=label, cfg=cfg, survey=survey, requests=requests, spec=spec)
 
 
-async def _chain(svc: Services, layers: list[PlannedLayer], spec: Spec) -> EncodedImage:
-    """Every layer's fetch → compose, then one combine; once more if a replica died."""
+def admit_layers(svc: Services, request: Request, geom: OutputGeometry, count: int) -> None:
+    """Admit a render of ``count`` layers on ``geom``, or refuse it with a 503 (see `RenderChain.admit`).
+
+    Routes call it once the request is known to be valid, before planning. Its work is every
+    layer's pixels: each layer is fetched and composed in full.
+    """
+    svc.chain.admit(request, geom.width, geom.height * count)
+
+
+async def _chain(
+    svc: Services,
+    geom: OutputGeometry,
+    layers: list[PlannedLayer],
+    spec: Spec,
+    budget: Budget,
+    lost: list[str],
+) -> EncodedImage:
+    """Every layer's fetch → compose, then one combine; once more if a replica died (noted in ``lost``).
+
+    The budget goes with every call, so that each stage drops the render rather than compute
+    it too late; a layer's fetch and compose are one layer's work, the combine all of it.
+    """
+    layer_budget = dataclasses.replace(budget, work=work_units(geom.width, geom.height))
     for attempt in (1, 2):
         composed = [
-            svc.compose.render.remote(layer.spec, svc.fetch.get_tiles.remote(list(layer.requests)))
+            svc.compose.render.remote(
+                layer.spec, svc.fetch.get_tiles.remote(list(layer.requests), layer_budget), layer_budget
+            )
             for layer in layers
         ]
         try:
             # Responses passed as arguments are resolved by Serve, so the renders go
             # compose → encode directly.
-            return await svc.encode.combine.remote(spec, *composed)
+            return await svc.encode.combine.remote(spec, *composed, budget=budget)
         except Exception as exc:
             if attempt == 2 or not is_replica_death(exc):
                 raise
+            lost.append(message_of(unwrap(exc)))
             log.warning("a replica died during a layered render; retrying once: %s", message_of(unwrap(exc)))
     raise AssertionError("unreachable")
 
@@ -168,19 +195,13 @@ async def run_layers(
         width=geom.width,
         height=geom.height,
     )
-    deadline = svc.config.upstream.request_deadline_s + 1.0
     start = time.perf_counter()
-    try:
-        result = await asyncio.wait_for(_chain(svc, layers, spec), timeout=deadline)
-    except TimeoutError:
-        state["outcome"] = "timeout"
-        raise ApiError(504, "upstream timeout", f"render did not finish within {deadline:.1f} s") from None
-    except ApiError:
-        raise
-    except Exception as exc:
-        error = api_error_of(exc)
-        state.update(outcome=error.error, cause=str(error.detail))
-        raise error from None
+    result = await svc.chain.run(
+        request,
+        geom.width,
+        geom.height * len(layers),  # as `admit_layers` admitted it
+        lambda budget, lost: _chain(svc, geom, layers, spec, budget, lost),
+    )
     headers = {
         "X-Layers": ",".join(layer.label for layer in layers),
         "ETag": layers_etag(svc, geom, layers, spec),

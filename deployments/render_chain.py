@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -215,17 +216,47 @@ class RenderChain:
             width=geom.width,
             height=geom.height,
         )
-        admitted = self.admit(request, geom.width, geom.height)
+        chain_start, dispatched_at = time.perf_counter(), time.time()
+        result = await self.run(
+            request,
+            geom.width,
+            geom.height,
+            lambda budget, lost: self._chain(requests, spec, display, lost, budget),
+        )
+        returned_at = time.time()
+        return image_response(
+            state,
+            geom,
+            result,
+            time.perf_counter() - chain_start,
+            {**cache_headers, "X-HiPS-Order": str(order)},
+            _handoffs(dispatched_at, result.stamps, returned_at),
+        )
+
+    async def run(
+        self,
+        request: Request,
+        width: int,
+        height: int,
+        chain: Callable[[Budget, list[str]], Awaitable[EncodedImage]],
+    ) -> EncodedImage:
+        """Run ``chain`` for the request admitted for ``width`` x ``height`` pixels, within its deadline.
+
+        ``chain(budget, lost)`` sends the render through the stages with ``budget`` (the
+        deadline and size every stage checks) and notes in ``lost`` the replicas it lost on
+        the way. The admission's place is freed whatever happens; a render dropped for its
+        deadline or a full queue is a 503 with Retry-After, any other failure its `ApiError`.
+        """
+        state = request.state.render
+        admitted = self.admit(request, width, height)
         deadline = admitted.budget.deadline
         estimate = admitted.decision.estimate_s
         state.update(deadline_s=round(deadline.budget_s, 3), estimate_s=round(estimate, 3))
-        chain_start, dispatched_at = time.perf_counter(), time.time()
         lost: list[str] = []  # replica deaths / lost tiles met by this render
         budget = dataclasses.replace(admitted.budget, sent_at=time.time())  # the first queue starts now
         try:
             result = await asyncio.wait_for(
-                self._chain(requests, spec, display, lost, budget),
-                timeout=max(deadline.remaining(), 0.0) + _GRACE_S,
+                chain(budget, lost), timeout=max(deadline.remaining(), 0.0) + _GRACE_S
             )
         except TimeoutError:
             self.gate.finish(admitted)
@@ -257,15 +288,7 @@ class RenderChain:
             self.gate.finish(admitted)
             raise
         self.gate.finish(admitted, list(result.reports), completed=True)
-        returned_at = time.time()
-        return image_response(
-            state,
-            geom,
-            result,
-            time.perf_counter() - chain_start,
-            {**cache_headers, "X-HiPS-Order": str(order)},
-            _handoffs(dispatched_at, result.stamps, returned_at),
-        )
+        return result
 
     async def _chain(
         self,

@@ -23,7 +23,14 @@ from skyrender.layers import BlinkSpec, ContourSpec, DifferenceSpec, OverlaySpec
 
 from .contract import CACHEABLE
 from .errors import ApiError
-from .layer_chain import PlannedLayer, check_layer_count, plan_layer, run_layers, survey_epochs
+from .layer_chain import (
+    PlannedLayer,
+    admit_layers,
+    check_layer_count,
+    plan_layer,
+    run_layers,
+    survey_epochs,
+)
 from .layer_models import (
     BlinkRequest,
     CompositeRequest,
@@ -120,6 +127,7 @@ async def composite(svc: ServicesDep, request: Request, body: CompositeRequest) 
         raise ApiError(400, "invalid request", "mode 'contours' needs 'contours': {levels, levelUnit, ...}")
     _check_colormaps([layer.colormap for layer in body.layers])
     geom = _geometry(svc, body)
+    admit_layers(svc, request, geom, n)  # refuse now, before any work, if it cannot be in time
     planned = await _plan_all(svc, geom, [(layer.survey, layer.epoch) for layer in body.layers])
     labels = tuple(p.label for p in planned)
     displays = tuple(_display(layer, p) for layer, p in zip(body.layers, planned, strict=True))
@@ -215,6 +223,7 @@ async def epoch_difference(svc: ServicesDep, request: Request, body: DifferenceR
     epochs = _epochs(svc, body.survey, body.epochs, pair=True)
     _check_colormaps([body.colormap])
     geom = _geometry(svc, body)
+    admit_layers(svc, request, geom, len(epochs))  # refuse now, before any work, if it cannot be in time
     planned = await _plan_all(svc, geom, [(body.survey, e) for e in epochs])
     try:
         display = LayerDisplay(
@@ -251,6 +260,7 @@ async def epoch_blink(svc: ServicesDep, request: Request, body: BlinkRequest) ->
     epochs = _epochs(svc, body.survey, body.epochs, pair=False)
     _check_colormaps([body.colormap])
     geom = _geometry(svc, body)
+    admit_layers(svc, request, geom, len(epochs))  # refuse now, before any work, if it cannot be in time
     planned = await _plan_all(svc, geom, [(body.survey, e) for e in epochs])
     display = LayerDisplay(
         min_cut=parse_cut(body.minCut),
@@ -283,6 +293,7 @@ async def epoch_stats(svc: ServicesDep, request: Request, body: StatsRequest) ->
     if body.position is not None:
         p = body.position
         region = Region(ra=p.ra % 360.0, dec=p.dec, radius_deg=p.radiusArcsec / 3600.0)
+    admit_layers(svc, request, geom, len(epochs))  # refuse now, before any work, if it cannot be in time
     planned = await _plan_all(svc, geom, [(body.survey, e) for e in epochs])
     spec = StatsSpec(
         geometry=geom,

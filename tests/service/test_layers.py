@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -48,7 +49,12 @@ def app(upstream, epochs):
     # A max-age other than the default: every rendered image's Cache-Control must come from here.
     args = {"surveys": surveys, "build_sample_survey": False, "limits": {"max_layers": 4},
             "render": {"cache_max_age_s": MAX_AGE_S}}  # fmt: skip
-    served = ServeApp({**args, "upstream": {"request_deadline_s": 30.0}, "overload": SLOW_MACHINE_DEADLINES})
+    one = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2}
+    served = ServeApp(
+        {**args, "upstream": {"request_deadline_s": 30.0}, "overload": SLOW_MACHINE_DEADLINES},
+        # One Compose replica: its render counter (in /healthz) is then the whole count.
+        deployments={"Compose": {"autoscaling_config": one}},
+    )
     yield served
     served.close()
 
@@ -368,3 +374,42 @@ def test_layered_pictures_carry_a_strong_etag(app):
     assert first.headers["cache-control"] == f"public, max-age={MAX_AGE_S}"
     other = {**body, "layers": [layers[0], {**layers[1], "opacity": 0.4}]}
     assert app.client.post("/v1/composite", json=other).headers["etag"] != etag
+
+
+# -- admission ---------------------------------------------------------------------------
+
+
+def _compose_renders(app) -> int:
+    """Compose's render count, from a live answer (/healthz reports the last one when Compose is busy)."""
+    for _ in range(100):
+        compose = app.client.get("/healthz").json()["compose"]
+        if "age_s" not in compose:
+            return int(compose["renders"])
+        time.sleep(0.1)
+    raise AssertionError(f"Compose never answered /healthz live: {compose}")
+
+
+def test_layered_requests_past_their_deadline_are_refused_uncomputed(app, field):
+    layers = [{"survey": "dss2-red"}, {"survey": "irac4", "opacity": 0.5}]
+    overlay = {**GC, "mode": "overlay", "layers": layers}
+    requests = [
+        ("/v1/composite", overlay),
+        ("/v1/epochs/difference", {**field, "survey": "magpis"}),
+        ("/v1/epochs/blink", {**field, "survey": "magpis"}),
+        ("/v1/epochs/stats", {**field, "survey": "magpis"}),
+    ]
+    before = _compose_renders(app)
+    for path, body in requests:
+        for headers in ({"X-Request-Deadline": f"{time.time() - 1.0:.3f}"}, {"Request-Timeout": "0"}):
+            r = app.client.post(path, json=body, headers=headers)
+            assert r.status_code == 503, (path, headers, r.text[:300])
+            assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
+            reply = r.json()
+            assert reply["error"] == "deadline exceeded", reply
+            assert reply["detail"]["stage"] == "ingress" and reply["detail"]["reason"] == "deadline_passed"
+        r = app.client.post(path, json=body, headers={"Request-Timeout": "soon"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid deadline", (path, r.text[:300])
+    assert _compose_renders(app) == before  # nothing was computed
+    # The same request with time to spare is rendered: both its layers composed.
+    _ok(app.client.post("/v1/composite", json=overlay, headers={"Request-Timeout": "30"}))
+    assert _compose_renders(app) == before + 2
