@@ -8,7 +8,6 @@ the answer's bytes come back to the ingress.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -22,7 +21,6 @@ import skyrender
 from skyrender.geometry import OutputGeometry
 from skyrender.layers import Spec
 from skyrender.properties import HipsSurvey
-from skyrender.render import plan_render
 from skyrender.tiles import TileId
 
 from .admission import work_units
@@ -31,10 +29,9 @@ from .contracts import EncodedImage, RenderSpec, TileRequest
 from .deadline import Budget
 from .errors import ApiError, is_replica_death, message_of, unwrap
 from .http_cache import strong_etag, survey_release
-from .limits import check_tile_count
 from .render_answer import image_response
+from .render_chain import tile_requests
 from .services import Services
-from .tile_urls import tile_location
 
 __all__ = ["PlannedLayer", "admit_layers", "check_layer_count", "plan_layer", "run_layers", "survey_epochs"]
 
@@ -89,12 +86,17 @@ def survey_epochs(config: AppConfig, name: str) -> list[str]:
 
 
 async def plan_layer(svc: Services, geom: OutputGeometry, name: str, epoch: str | None) -> PlannedLayer:
-    """Plan one layer on ``geom``: 404 for an unknown survey or epoch, or a field outside its coverage."""
+    """Plan one layer on ``geom`` as a single render would (`RenderChain.plan`: the deepest order
+    that fits the limits, or the order-3 Allsky mosaic for a wide field).
+
+    Raises
+    ------
+    ApiError
+        404 for an unknown survey or epoch, or a field outside its coverage; 400 for a colour
+        survey or a field no order fits.
+    """
     cfg = svc.catalogue.config_for(name, epoch)
     survey = await svc.catalogue.survey(cfg)
-    plan = await asyncio.to_thread(
-        plan_render, geom, survey, moc=svc.catalogue.moc(cfg.name), max_tiles=svc.config.limits.max_tiles
-    )
     label = layer_label(name, epoch)
     if survey.is_colour:  # said before any render (the combine stage would say it after)
         raise ApiError(
@@ -103,22 +105,19 @@ async def plan_layer(svc: Services, geom: OutputGeometry, name: str, epoch: str 
             f"layer {label} is a colour survey: layers must be single-band",
             field="layers",
         )
+    planned = await svc.chain.plan(svc.catalogue, cfg, survey, geom)
+    plan = planned.plan
     if not plan.tiles:
         # The survey has no data there: nothing to find (404), not a malformed request.
         raise ApiError(404, "outside coverage", f"layer {label}: the field is outside the survey's coverage")
-    check_tile_count(svc.config.limits, len(plan.tiles))
-    fmt = survey.data_format
-    requests = tuple(
-        TileRequest(
-            t.npix,
-            f"{cfg.name}/{t.order}/{t.npix}.{fmt}",
-            tile_location(cfg, TileId(t.order, t.npix, fmt)),
-            fmt,
-        )
-        for t in plan.tiles
-    )
+    tiles = [TileId(t.order, t.npix, survey.data_format) for t in plan.tiles]
+    allsky = svc.catalogue.allsky_location(cfg, survey) if planned.allsky else None
+    requests = tuple(tile_requests(svc.config, cfg, survey, plan.order, tiles, allsky))
     spec = RenderSpec(
-        geometry=geom, survey_frame=survey.frame, order=plan.order, tile_width=survey.tile_width
+        geometry=geom,
+        survey_frame=survey.frame,
+        order=plan.order,
+        tile_width=None if allsky is not None else survey.tile_width,  # the mosaic's are narrower
     )
     return PlannedLayer(label=label, cfg=cfg, survey=survey, requests=requests, spec=spec)
 
@@ -191,6 +190,8 @@ async def run_layers(
     state.update(
         survey=",".join(layer.label for layer in layers),
         layers=len(layers),
+        order=",".join(str(layer.spec.order) for layer in layers),
+        allsky=any(r.allsky_npix for layer in layers for r in layer.requests),
         tiles_requested=sum(len(layer.requests) for layer in layers),
         width=geom.width,
         height=geom.height,
@@ -204,6 +205,8 @@ async def run_layers(
     )
     headers = {
         "X-Layers": ",".join(layer.label for layer in layers),
+        # Each layer's order, as X-Layers lists them (3 and a wide field: the Allsky mosaic's).
+        "X-HiPS-Order": ",".join(str(layer.spec.order) for layer in layers),
         "ETag": layers_etag(svc, geom, layers, spec),
         "Cache-Control": svc.chain.cache_policy.cache_control(),
     }

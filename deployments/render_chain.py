@@ -38,9 +38,36 @@ from .tile_urls import tile_location
 #: A stage still computing this long after the deadline is given up on (its answer is useless).
 _GRACE_S = 0.5
 
-__all__ = ["RenderChain"]
+__all__ = ["RenderChain", "tile_requests"]
 
 log = logging.getLogger("ray.serve")
+
+
+def tile_requests(
+    config: AppConfig,
+    cfg: SurveyConfig,
+    survey: HipsSurvey,
+    order: int,
+    tiles: list[TileId],
+    allsky: str | None = None,
+) -> list[TileRequest]:
+    """What the fetch stage is asked for: each of ``tiles`` (of ``survey`` at ``order``), or
+    the one order-3 Allsky mosaic at ``allsky`` to cut them from.
+
+    Raises
+    ------
+    ApiError
+        400 for more tiles than ``limits.max_tiles`` (one mosaic is one fetch: never refused).
+    """
+    if allsky is not None:
+        key = f"{cfg.name}/allsky{order}.{survey.data_format}"
+        npix = tuple(t.npix for t in tiles)
+        return [TileRequest(-1, key, allsky, survey.data_format, allsky_npix=npix)]
+    check_tile_count(config.limits, len(tiles))
+    return [
+        TileRequest(t.npix, f"{cfg.name}/{t.order}/{t.npix}.{t.format}", tile_location(cfg, t), t.format)
+        for t in tiles
+    ]
 
 
 class RenderChain:
@@ -183,18 +210,7 @@ class RenderChain:
         if conditional and if_none_match(request.headers.get("if-none-match"), etag):
             request.state.render.update(survey=cfg.name, outcome="not modified")
             return Response(status_code=304, headers=cache_headers)
-        if allsky is not None:
-            key = f"{cfg.name}/allsky{order}.{survey.data_format}"
-            npix = tuple(t.npix for t in tiles)
-            requests = [TileRequest(-1, key, allsky, survey.data_format, allsky_npix=npix)]
-        else:
-            check_tile_count(self.config.limits, len(tiles))
-            requests = [
-                TileRequest(
-                    t.npix, f"{cfg.name}/{t.order}/{t.npix}.{t.format}", tile_location(cfg, t), t.format
-                )
-                for t in tiles
-            ]
+        requests = tile_requests(self.config, cfg, survey, order, tiles, allsky)
         spec = RenderSpec(
             geometry=geom,
             survey_frame=survey.frame,

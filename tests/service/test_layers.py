@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import time
 
 import numpy as np
@@ -34,7 +36,21 @@ def epochs(fits_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(upstream, epochs):
+def gaia_rv(hips_dir, tmp_path_factory):
+    """Gaia DR2's radial-velocity map as a local single-band survey of 32-pixel FITS tiles of
+    which only the order-3 Allsky mosaic exists (its JPEG tiles are colour-mapped)."""
+    source = hips_dir / "cds-gaia-dr2-rv"
+    root = tmp_path_factory.mktemp("gaia-rv")
+    (root / "Norder3").mkdir()
+    shutil.copy(source / "Norder3" / "Allsky.fits", root / "Norder3" / "Allsky.fits")
+    props = (source / "properties").read_text()
+    fits_only = re.sub(r"(?m)^hips_tile_format\s*=.*$", "hips_tile_format = fits", props)
+    (root / "properties").write_text(fits_only)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(upstream, epochs, gaia_rv):
     surveys = [
         {"name": f"magpis-e{label}", "url": str(path), "epoch": label, "aliases": ["magpis"]}
         for label, path in epochs.dirs.items()
@@ -44,6 +60,7 @@ def app(upstream, epochs):
         {"name": "dss2-red", "url": f"{upstream.url}/cds-dss2-red"},
         {"name": "planck143", "url": f"{upstream.url}/cds-planck-hfi143"},
         {"name": "dss2-color", "url": f"{upstream.url}/cds-dss2-color"},
+        {"name": "gaia-rv", "url": str(gaia_rv)},
     ]
     # Correctness, not deadlines, is tested here: a busy machine's cold first renders get 30 s.
     # A max-age other than the default: every rendered image's Cache-Control must come from here.
@@ -263,6 +280,24 @@ def test_rgb_channels_equal_the_grey_previews(app):
     for k, band in enumerate(BANDS):
         grey = _rgb(app.client.post("/v1/preview", json={**GC, **band, "colormap": "gray"}))
         assert np.array_equal(picture[..., k], grey[..., 0]), f"channel {k} ({band['survey']})"
+
+
+def test_a_wide_composite_renders_from_the_allsky_mosaic_as_the_preview_does(app):
+    """Half the sky in 32-pixel tiles: over the tile limit at order 3, so the order-3 Allsky
+    mosaic is read (one fetch), as /v1/preview does, not the coarser order 2 (which this
+    survey does not even have)."""
+    wide = {"ra": 0.0, "dec": 0.0, "fovDeg": 180.0, "width": 512, "height": 256, "projection": "AIT"}
+    layers = [{"survey": "gaia-rv", "scale": scale} for scale in ("linear", "sqrt", "asinh")]
+    r = app.client.post("/v1/composite", json={**wide, "mode": "rgb", "layers": layers})
+    picture = _rgb(r)
+    assert r.headers["x-hips-order"] == "3,3,3" and r.headers["x-layers"] == "gaia-rv,gaia-rv,gaia-rv"
+    for k, layer in enumerate(layers):
+        preview = _ok(app.client.post("/v1/preview", json={**wide, **layer, "colormap": "gray"}))
+        assert preview.headers["x-hips-order"] == "3"
+        grey = _rgba(preview)
+        sky = grey[..., 3] > 0
+        assert sky.mean() > 0.7  # the AIT ellipse
+        assert np.array_equal(picture[..., k][sky], grey[..., 0][sky]), f"channel {k} ({layer['scale']})"
 
 
 def test_lupton_equals_make_lupton_rgb(app):
