@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import multiprocessing
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ async def _client(http: httpx.AsyncClient, stop_at: float, phase: Phase, rng: np
             if "app;dur=" in timing:
                 outcome.app_s = float(timing.rsplit("app;dur=", 1)[1].split(",")[0]) / 1e3
             if r.status_code != 200:
-                outcome.error = r.text[:200]
+                outcome.error = r.text[:2000]
         except httpx.HTTPError as exc:
             outcome = Outcome(0, time.perf_counter() - t0, error=type(exc).__name__)
         phase.outcomes.append(outcome)
@@ -104,34 +105,43 @@ async def _run(url: str, clients: int, seconds: float, body: dict, seed: int) ->
     return phase
 
 
+def _probe_loop(url: str, stop, results) -> None:
+    """The probe process: ``/healthz`` and ``/readyz`` every 0.5 s until ``stop`` is set."""
+    samples: dict[str, list[tuple[int, float]]] = {"/healthz": [], "/readyz": []}
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        while not stop.is_set():
+            for path, out in samples.items():
+                t0 = time.perf_counter()
+                try:
+                    status = http.get(path).status_code
+                except httpx.HTTPError:
+                    status = 0
+                out.append((status, time.perf_counter() - t0))
+            stop.wait(0.5)
+    results.put(samples)
+
+
 class HealthProbe:
-    """Reads ``/healthz`` and ``/readyz`` every 0.5 s in its own thread and connection."""
+    """Reads ``/healthz`` and ``/readyz`` every 0.5 s from its own process and connection.
+
+    Its own process, as Kubernetes' and the portal's probes are: in this one the 96 clients'
+    event loop would hold the GIL and add its own delays to the probes' times.
+    """
 
     def __init__(self, url: str):
-        self.url = url
+        ctx = multiprocessing.get_context("spawn")
+        self._stop, self._results = ctx.Event(), ctx.Queue()
+        self._process = ctx.Process(target=_probe_loop, args=(url, self._stop, self._results), daemon=True)
         self.samples: dict[str, list[tuple[int, float]]] = {"/healthz": [], "/readyz": []}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self) -> HealthProbe:
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as http:
-            while not self._stop.is_set():
-                for path, samples in self.samples.items():
-                    t0 = time.perf_counter()
-                    try:
-                        status = http.get(path).status_code
-                    except httpx.HTTPError:
-                        status = 0
-                    samples.append((status, time.perf_counter() - t0))
-                self._stop.wait(0.5)
+        self.samples = self._results.get(timeout=60)
+        self._process.join(timeout=10)
 
 
 def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: float) -> None:
@@ -163,6 +173,11 @@ def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: flo
     advised = sorted({o.retry_after for o in refusals if o.retry_after})
     print(f"  refusals (503/429): {len(refusals)}, {with_ra} with Retry-After (values {advised[:8]}), "
           f"p99 {p99:.1f} ms   target all with Retry-After, p99 <= 100 ms  [{verdict}]")  # fmt: skip
+    by_cause: dict[str, list[float]] = {}
+    for o in refusals:
+        by_cause.setdefault(_cause(o.error), []).append(o.seconds)
+    for cause, secs in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
+        print(f"    {cause}: {len(secs)}, p50 {ms(secs, 50):.1f} ms, p99 {ms(secs, 99):.1f} ms")
     inside = [o.app_s for o in refusals if o.app_s is not None]
     if inside:
         print(f"    of which inside the ingress (Server-Timing app): p50 {ms(inside, 50):.1f} ms, "
@@ -181,6 +196,17 @@ def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: flo
         worst = max(secs) * 1e3
         print(f"  {path}: {len(samples)} probes, statuses {statuses}, p50 {ms(secs, 50):.1f} ms, "
               f"max {worst:.1f} ms   target <= 100 ms  [{'ok' if worst <= 100 else 'MISSED'}]")  # fmt: skip
+
+
+def _cause(body: str) -> str:
+    """``stage/reason`` of a refusal's JSON body (see deployments/deadline.py), or its error."""
+    try:
+        detail = json.loads(body).get("detail")
+    except ValueError:
+        return "unreadable body"
+    if isinstance(detail, dict):
+        return f"{detail.get('stage')}/{detail.get('reason')}"
+    return str(detail)[:60]
 
 
 def _counts(phase: Phase) -> dict[int, int]:

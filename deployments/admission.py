@@ -8,9 +8,9 @@ Two halves, no Ray here:
   the stage. Each answer carries a `StageReport`.
 * `AdmissionControl`, in the ingress: the work already admitted divided by the throughput is
   the time a newcomer would take. The throughput is the ingress's measured completion rate
-  while it is busy, else the stages' model from their reports (the bottleneck's sum over its
-  live replicas of 1 / service time). A request whose estimated finish is after its deadline
-  is refused at once, with a ``Retry-After`` from the same estimate.
+  while it is busy, else the last rate it measured with a queue (the service's capacity), else,
+  before any, the stages' model from their reports. A request whose estimated finish is after
+  its deadline is refused at once, with a ``Retry-After`` saying when a place is likely free.
 
 Work is counted in megapixels of output (compose and encode cost grows with the pixels), with a
 floor so that tiny renders still count for their fixed costs.
@@ -19,6 +19,7 @@ floor so that tiny renders still count for their fixed costs.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -201,9 +202,17 @@ class AdmissionControl:
     completion rate over the last ``window_s`` while it has been busy all along (Little's law:
     the work in flight over the rate at which it leaves is the time spent inside, whether
     below or above capacity, and it covers what one replica cannot see: other ingress
-    replicas sharing the stages, replicas sharing cores). Before such a window exists (after
-    a quiet spell) it is the stages' model: the bottleneck's sum over its live replicas of
-    1 / service time.
+    replicas sharing the stages, replicas sharing cores). Before such a window exists (the
+    first second of a burst after a quiet spell) it is the last rate measured with a queue
+    (``saturated_in_flight`` or more renders in flight: the service's capacity, not the
+    callers' pace); before any, the stages' model: the bottleneck stage's fastest replica
+    (replicas measured one render at a time may share the same cores, so their rates are
+    not added up).
+
+    A refused request's ``Retry-After`` is when a place is likely free for it: the time the
+    work ahead needs to drain below its deadline, or, when more are being refused per second
+    than renders complete, long enough to spread the retries over the completions (rounded
+    up or down at random, so that refused callers do not come back in one wave).
 
     Parameters
     ----------
@@ -225,6 +234,16 @@ class AdmissionControl:
         The model refuses nothing while fewer renders are in flight: a replica's service time
         measured with one render at a time is its latency, not its capacity (it may run several
         at once), and trusting it at low load would keep the load low for good.
+    headroom : float
+        Fraction of a request's time before its deadline kept free at admission for errors of
+        the estimate (a burst's own connections slow the service a little): the stages drop
+        what is late, which wastes the work done for it.
+    saturated_in_flight : int
+        A measured rate is remembered as the capacity only with this many renders in flight.
+    max_retry_after_s : float
+        Longest ``Retry-After`` advised [s].
+    seed : int or None
+        Seed of the random rounding of ``Retry-After`` (tests).
     """
 
     def __init__(
@@ -236,6 +255,10 @@ class AdmissionControl:
         window_s: float = 2.0,
         min_completions: int = 4,
         model_min_in_flight: int = 8,
+        headroom: float = 0.0,
+        saturated_in_flight: int = 4,
+        max_retry_after_s: float = 10.0,
+        seed: int | None = None,
     ):
         self.stages = {name: _Stage() for name in stages}
         self.capacity_stages = capacity_stages
@@ -246,6 +269,11 @@ class AdmissionControl:
         self.in_flight = 0
         self._busy_since: float | None = None  # when in_flight last went from 0 to 1
         self._completions: deque[tuple[float, float]] = deque()  # (time, work) of completed renders
+        self.headroom, self.saturated_in_flight = headroom, saturated_in_flight
+        self.max_retry_after_s = max_retry_after_s
+        self._capacity: float | None = None  # the last rate measured with a queue [Mpx/s]
+        self._refusals: deque[float] = deque()  # times of the refusals in the last window
+        self._random = random.Random(seed)
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -262,14 +290,18 @@ class AdmissionControl:
                 stage.latency = r.latency_s_per_work
 
     def _model_rate(self, now: float) -> tuple[float, str]:
-        """The bottleneck stage's modelled throughput [Mpx/s] and its name; (inf, "") before measurements."""
+        """The bottleneck stage's modelled throughput [Mpx/s] and its name; (inf, "") before measurements.
+
+        A stage's throughput is its fastest live replica's: replicas may share cores, so
+        their rates measured apart do not add up (the measured rate takes over within a window).
+        """
         best, name = math.inf, ""
         for stage_name in self.capacity_stages:
             stage = self.stages[stage_name]
             live = [s for s, seen in stage.replicas.values() if now - seen <= self.replica_ttl_s and s > 0]
             if not live:
                 continue
-            rate = sum(1.0 / s for s in live)
+            rate = 1.0 / min(live)
             if rate < best:
                 best, name = rate, stage_name
         return best, name
@@ -287,17 +319,30 @@ class AdmissionControl:
             return None
         return sum(done) / (now - start)
 
+    def throughput(self, now: float | None = None) -> tuple[float, str]:
+        """The throughput to plan with [Mpx/s] and its basis (``measured``, ``capacity``), or (0, "")."""
+        now = time.monotonic() if now is None else now
+        rate = self.measured_rate(now)
+        if rate is not None and rate > 0:
+            if self.in_flight >= self.saturated_in_flight:
+                self._capacity = rate
+            return rate, "measured"
+        if self._capacity is not None:
+            return self._capacity, "capacity"
+        return 0.0, ""
+
     def estimate(self, work: float, now: float | None = None) -> tuple[float, str]:
         """Estimated seconds to finish ``work`` megapixels admitted now, and what the estimate rests on.
 
-        The second item is ``measured`` (the completion rate), the bottleneck stage's name (the
-        model), or "" (nothing measured yet: 0 s).
+        The second item is ``measured`` (the completion rate), ``capacity`` (the last rate
+        measured with a queue), the bottleneck stage's name (the model), or "" (nothing
+        measured yet: 0 s).
         """
         now = time.monotonic() if now is None else now
         crossing = sum(stage.latency for stage in self.stages.values()) * max(work, 0.0)
-        rate = self.measured_rate(now)
-        if rate is not None and rate > 0:
-            return max((self.ahead_work + work) / rate, crossing), "measured"
+        rate, basis = self.throughput(now)
+        if rate > 0:
+            return max((self.ahead_work + work) / rate, crossing), basis
         model, bottleneck = self._model_rate(now)
         if not bottleneck:
             return 0.0, ""
@@ -316,16 +361,37 @@ class AdmissionControl:
             return Decision(False, estimate, remaining_s, 1, ahead, basis)
         # With nothing in flight the request is admitted whatever the (possibly stale) estimate
         # says: the stages still drop it if they cannot finish it, and it refreshes the measures.
-        floor = 1 if basis == "measured" else self.model_min_in_flight
-        if estimate + self.margin_s > remaining_s and self.in_flight >= floor:
-            # The work ahead must drain by (estimate - remaining) before a newcomer fits.
-            retry = max(1, math.ceil(estimate + self.margin_s - remaining_s))
+        floor = 1 if basis in ("measured", "capacity") else self.model_min_in_flight
+        usable_s = (1.0 - self.headroom) * remaining_s - self.margin_s
+        if estimate > usable_s and self.in_flight >= floor:
+            # The work ahead must drain by (estimate - usable) before a newcomer fits.
+            retry = self._retry_after(estimate - usable_s, work, now)
             return Decision(False, estimate, remaining_s, retry, ahead, basis)
         self.ahead_work += work
         self.in_flight += 1
         if self.in_flight == 1:
             self._busy_since = now
         return Decision(True, estimate, remaining_s, 0, ahead, basis)
+
+    def _retry_after(self, excess_s: float, work: float, now: float) -> int:
+        """Whole seconds until a refused request of ``work`` Mpx likely finds a place (counts the refusal).
+
+        At least ``excess_s`` (the work ahead must drain that much); with more refusals per
+        second than renders of this size complete, long enough to spread the retries over the
+        completions. Rounded at random between the neighbouring whole seconds.
+        """
+        while self._refusals and self._refusals[0] < now - self.window_s:
+            self._refusals.popleft()
+        self._refusals.append(now)
+        rate, _ = self.throughput(now)
+        if rate <= 0:
+            rate, _ = self._model_rate(now)
+        completions_per_s = rate / max(work, MIN_WORK) if math.isfinite(rate) and rate > 0 else 0.0
+        refusals_per_s = len(self._refusals) / self.window_s
+        spread_s = refusals_per_s / completions_per_s if completions_per_s > 0 else 0.0
+        wait_s = min(max(excess_s, spread_s, 1.0), self.max_retry_after_s)
+        whole = math.floor(wait_s)
+        return max(1, whole + (1 if self._random.random() < wait_s - whole else 0))
 
     def done(self, work: float, completed: bool = False, now: float | None = None) -> None:
         """An admitted request has left: answered (``completed``), failed or dropped."""

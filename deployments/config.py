@@ -162,6 +162,13 @@ class OverloadConfig(BaseModel):
     )
     admission: bool = Field(True, description="refuse at the ingress what cannot finish by its deadline")
     margin_s: float = Field(0.1, ge=0, description="time kept for the answer's way back to the caller [s]")
+    headroom: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="fraction of a request's time before its deadline kept free at admission for "
+        "errors of the wait estimate",
+    )
     compute_niceness: int = Field(
         5, ge=0, le=19, description="CPU niceness of compose and encode, so refusals and health get the cores"
     )

@@ -26,6 +26,9 @@ router = APIRouter()
 #: How long /healthz waits for a stage's live answer before it reports the last one [s]. Under
 #: overload a question to Compose waits behind the renders queued there; health must not.
 _LIVE_WAIT_S = 0.05
+#: An answer younger than this is reported at once [s] (probes come every second or so, and
+#: every question costs the busy stage a call).
+_FRESH_S = 1.0
 
 
 class _LastAnswers:
@@ -36,7 +39,10 @@ class _LastAnswers:
         self._pending: dict[str, asyncio.Task] = {}
 
     async def get(self, key: str, ask, timeout_s: float, fallback) -> Any:
-        """The live answer if it comes within `_LIVE_WAIT_S`, else the last one (with its age)."""
+        """The last answer (with its age) if younger than `_FRESH_S`; else the live answer if it
+        comes within `_LIVE_WAIT_S`, else the last one."""
+        if key in self._last and time.monotonic() - self._last[key][0] < _FRESH_S:
+            return self._aged(key)
         task = self._pending.get(key)
         if task is None or task.done():
             task = asyncio.ensure_future(self._ask(key, ask, timeout_s, fallback))
@@ -45,9 +51,12 @@ class _LastAnswers:
         if done:
             return task.result()
         if key in self._last:
-            at, value = self._last[key]
-            return {**value, "age_s": round(time.monotonic() - at, 3)} if isinstance(value, dict) else value
+            return self._aged(key)
         return await task  # nothing known yet: wait for the first answer
+
+    def _aged(self, key: str) -> Any:
+        at, value = self._last[key]
+        return {**value, "age_s": round(time.monotonic() - at, 3)} if isinstance(value, dict) else value
 
     async def _ask(self, key: str, ask, timeout_s: float, fallback) -> Any:
         try:
@@ -148,7 +157,8 @@ async def healthz(svc: ServicesDep) -> JSONResponse:
     cache_cfg = svc.config.cache
     disk: dict[str, Any] = {"directory": cache_cfg.disk_dir}
     try:
-        disk["free_bytes"] = await asyncio.to_thread(disk_free_bytes, cache_cfg.disk_dir)
+        # statvfs of a local disk takes microseconds: not worth a place in the (busy) thread pool.
+        disk["free_bytes"] = disk_free_bytes(cache_cfg.disk_dir)
         disk["ok"] = disk["free_bytes"] >= cache_cfg.min_free_disk_bytes
     except OSError as exc:
         disk.update(free_bytes=None, ok=False, detail=str(exc))

@@ -18,6 +18,9 @@ __all__ = ["Readiness", "StagesStatus"]
 
 #: How long one answer from Serve's controller is reused [s]: probes come every few seconds.
 _STATUS_TTL_S = 1.0
+#: Up to this age [s] an older answer is still reported at once while a fresh one is asked for
+#: in the background: under overload the controller (and this replica's thread pool) is slow.
+_STATUS_STALE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Readiness:
     warmup_s: dict[str, float] = field(default_factory=dict)
     _came_up: bool = False
     _cached: tuple[float, StagesStatus] | None = None
+    _refresh: asyncio.Task | None = None
 
     def mark(self, step: str, warmup_s: float | None = None) -> None:
         """Record that ``step`` is done now (and how long its warm-up took [s], if any)."""
@@ -51,15 +55,24 @@ class Readiness:
             self.warmup_s[step] = round(warmup_s, 3)
 
     async def stages(self, timeout_s: float) -> StagesStatus:
-        """This application's deployments, from Serve's controller (cached for a second)."""
+        """This application's deployments, from Serve's controller (cached for a second, then
+        refreshed in the background while the answer is younger than `_STATUS_STALE_S`)."""
         now = time.monotonic()
         if self._cached is not None and now - self._cached[0] < _STATUS_TTL_S:
             return self._cached[1]
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._ask(timeout_s))
+        if self._cached is not None and now - self._cached[0] < _STATUS_STALE_S:
+            return self._cached[1]
+        return await asyncio.shield(self._refresh)
+
+    async def _ask(self, timeout_s: float) -> StagesStatus:
+        asked = time.monotonic()
         try:
             status = await asyncio.wait_for(asyncio.to_thread(_serve_status), timeout=timeout_s)
         except Exception as exc:  # the controller is busy or restarting: not ready for now
             return StagesStatus(False, "UNKNOWN", {}, f"Serve controller: {type(exc).__name__}: {exc}")
-        self._cached = (now, status)
+        self._cached = (asked, status)
         return status
 
     def came_up(self, status: StagesStatus) -> bool:

@@ -146,7 +146,7 @@ class AdmissionGate:
 
     def __init__(self, config: OverloadConfig):
         self.config = config
-        self.control = AdmissionControl(margin_s=config.margin_s)
+        self.control = AdmissionControl(margin_s=config.margin_s, headroom=config.headroom)
 
     def deadline(
         self, headers: Mapping[str, str], arrived_at: float | None = None, default_s: float | None = None
@@ -170,9 +170,8 @@ class AdmissionGate:
             if remaining <= 0:
                 shed = Shed("ingress", "deadline_passed", 1, decision.estimate_s, remaining)
             else:
-                # Retry once the work admitted now has finished: it is what stands in the way.
-                shed = Shed("ingress", "would_miss_deadline", math.ceil(decision.estimate_s),
-                            decision.estimate_s, remaining)  # fmt: skip
+                retry = decision.retry_after_s
+                shed = Shed("ingress", "would_miss_deadline", retry, decision.estimate_s, remaining)
             shed.decision = decision  # type: ignore[attr-defined]  # for the log line
             raise shed
         if not decision.admit:  # admission off: count it in anyway, the stages still drop late work

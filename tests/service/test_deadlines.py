@@ -123,8 +123,11 @@ def test_admission_admits_until_the_deadline_then_refuses_with_retry_after():
     assert d.basis == "compose"
     assert 16 <= len(admitted) <= 19
     assert d.estimate_s + 0.1 > 4.0 and d.retry_after_s >= 1
-    # A second compose replica doubles the throughput: more fit.
+    # A second compose replica measured apart does not double the model (they may share the
+    # cores); the measured completion rate says what they do together.
     ac.observe(_reports(replicas=("c1", "c2")), now=1.0)
+    assert not ac.decide(1.0, 4.0, now=1.0).admit
+    ac.observe(_reports(replicas=("c1", "c2"), compose_s=0.05), now=1.0)  # a faster replica
     assert ac.decide(1.0, 4.0, now=1.0).admit
     # The work ahead leaves (failed: not counted as throughput): admitted again.
     for _ in admitted:
@@ -153,11 +156,11 @@ def test_while_busy_the_measured_completion_rate_decides():
     assert basis == "measured" and estimate == pytest.approx((6 + 1) / 2.0)
     refused = ac.decide(1.0, 3.0, now=2.0)
     assert not refused.admit and refused.retry_after_s == 1  # 3.5 + 0.1 - 3.0 s over
-    # Idle again: the window starts over, the model answers until completions accumulate.
+    # Idle again: the window starts over; the rate measured with a queue answers meanwhile.
     for _ in range(6):
         ac.done(1.0, now=2.0)
     assert ac.in_flight == 0 and ac.measured_rate(now=2.0) is None
-    assert ac.estimate(1.0, now=2.0)[1] == "compose"
+    assert ac.estimate(1.0, now=2.0) == (pytest.approx(0.5), "capacity")
 
 
 def test_a_slow_upstream_is_not_a_capacity_limit():
@@ -204,3 +207,38 @@ def test_an_idle_stage_computes_whatever_its_stale_estimate_says():
     with pytest.raises(Shed) as shed:  # busy now: the 19 s estimate is trusted
         guard.enter(budget)
     assert shed.value.reason == "would_miss_deadline"
+
+
+def test_after_a_quiet_spell_the_capacity_measured_with_a_queue_decides():
+    """A burst after a pause is admitted by the last rate measured with a queue, not the model."""
+    ac = AdmissionControl(window_s=2.0, min_completions=4, saturated_in_flight=4, seed=1)
+    ac.observe(_reports(compose_s=0.01), now=0.0)  # the model would say 100 Mpx/s
+    for _ in range(8):
+        assert ac.decide(1.0, 4.0, now=0.0).admit
+    for i in range(8):  # 8 Mpx in 2 s with a queue: 4 Mpx/s
+        ac.done(1.0, completed=True, now=0.25 * (i + 1))
+        if i == 3:
+            assert ac.estimate(1.0, now=1.0)[1] == "measured"  # remembered: 4 in flight
+    assert ac.in_flight == 0
+    # Ten seconds later a burst: 4 Mpx/s x (4 s x (1 - headroom) - margin) fit, not 100 Mpx/s' worth.
+    admitted = 0
+    while ac.decide(1.0, 4.0, now=12.0).admit:
+        admitted += 1
+    assert admitted == 15  # (15 + 1) / 4 = 4 s > 3.9 s
+    refused = ac.decide(1.0, 4.0, now=12.0)
+    assert refused.basis == "capacity" and refused.retry_after_s >= 1
+
+
+def test_retry_after_spreads_the_refused_over_the_completions():
+    """Refused faster than renders complete: the advised wait grows so that retries meet places."""
+    ac = AdmissionControl(window_s=2.0, min_completions=4, seed=2)
+    ac.observe(_reports(), now=0.0)
+    ac._capacity = 2.0  # 2 renders of 1 Mpx per second
+    for _ in range(7):
+        assert ac.decide(1.0, 4.0, now=0.0).admit  # 3.5 s of work ahead: full
+    first = ac.decide(1.0, 4.0, now=0.0)
+    assert not first.admit and first.retry_after_s == 1  # 0.1 s over: at least a second
+    advised = [ac.decide(1.0, 4.0, now=0.0).retry_after_s for _ in range(40)]
+    # 41 refusals in a 2 s window = 20.5/s against 2 completions/s: ~10 s (the cap).
+    assert advised[-1] == 10 and all(1 <= a <= 10 for a in advised)
+    assert sorted(advised) == advised or len(set(advised)) > 2  # it grows with the refusals
