@@ -50,6 +50,7 @@ class Outcome:
     retry_after: str | None = None
     error: str = ""
     app_s: float | None = None  # Server-Timing "app": the time inside the ingress [s]
+    decided_s: float | None = None  # Server-Timing "decided": a refusal's decision, after arrival [s]
 
 
 @dataclass
@@ -81,6 +82,8 @@ async def _client(http: httpx.AsyncClient, stop_at: float, phase: Phase, rng: np
             r = await http.post("/v1/preview", json={**body, "ra": ra, "dec": dec})
             outcome = Outcome(r.status_code, time.perf_counter() - t0, r.headers.get("retry-after"))
             timing = r.headers.get("server-timing", "")
+            if "decided;dur=" in timing:
+                outcome.decided_s = float(timing.split("decided;dur=", 1)[1].split(",")[0]) / 1e3
             if "app;dur=" in timing:
                 outcome.app_s = float(timing.rsplit("app;dur=", 1)[1].split(",")[0]) / 1e3
             if r.status_code != 200:
@@ -182,6 +185,10 @@ def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: flo
     if inside:
         print(f"    of which inside the ingress (Server-Timing app): p50 {ms(inside, 50):.1f} ms, "
               f"p99 {ms(inside, 99):.1f} ms; the rest is HTTP, Serve's proxy and the client")  # fmt: skip
+    decided = [o.decided_s for o in refusals if o.decided_s is not None]
+    if decided:
+        print(f"    decided (Server-Timing decided: after arrival): p50 {ms(decided, 50):.1f} ms, "
+              f"p99 {ms(decided, 99):.1f} ms")  # fmt: skip
     n504 = sum(1 for o in overload.outcomes if o.status == 504)
     verdict = "ok" if not n504 else "MISSED"
     print(f"  504s: {n504}   target 0 (the upstream here is a fast loopback server)  [{verdict}]")

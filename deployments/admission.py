@@ -274,6 +274,7 @@ class AdmissionControl:
         self._capacity: float | None = None  # the last rate measured with a queue [Mpx/s]
         self._refusals: deque[float] = deque()  # times of the refusals in the last window
         self._random = random.Random(seed)
+        self.typical_work: float | None = None  # EWMA of admitted renders' work [Mpx]
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -371,7 +372,26 @@ class AdmissionControl:
         self.in_flight += 1
         if self.in_flight == 1:
             self._busy_since = now
+        typical = self.typical_work
+        self.typical_work = work if typical is None else typical + 0.1 * (work - typical)
         return Decision(True, estimate, remaining_s, 0, ahead, basis)
+
+    def refuse_typical(self, remaining_s: float, now: float | None = None) -> Decision | None:
+        """The refusal a render of the typical admitted size would get now, or None (nothing counted).
+
+        For refusing on arrival, before a request's size is read: a render the size of
+        those admitted lately that would be refused. None before any admission.
+        """
+        if self.typical_work is None:
+            return None
+        now = time.monotonic() if now is None else now
+        estimate, basis = self.estimate(self.typical_work, now)
+        floor = 1 if basis in ("measured", "capacity") else self.model_min_in_flight
+        usable_s = (1.0 - self.headroom) * remaining_s - self.margin_s
+        if remaining_s > 0 and (estimate <= usable_s or self.in_flight < floor):
+            return None
+        retry = 1 if remaining_s <= 0 else self._retry_after(estimate - usable_s, self.typical_work, now)
+        return Decision(False, estimate, remaining_s, retry, self.ahead_work, basis)
 
     def _retry_after(self, excess_s: float, work: float, now: float) -> int:
         """Whole seconds until a refused request of ``work`` Mpx likely finds a place (counts the refusal).

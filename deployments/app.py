@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI
 import skyrender
 
 from . import health, hips_files, routes_catalogue, routes_hips2fits, routes_layers, routes_render, viewer
+from .arrival import ShedOnArrival
 from .config import LimitsConfig
 from .contract import install_openapi
 from .docs import install_docs
@@ -61,6 +62,8 @@ def create_app(services: Services | None = None, limits: LimitsConfig | None = N
     app.add_middleware(MethodHandling)
     app.add_middleware(RequestLimits)
     install_request_context(app)
+    # Outermost: under overload a render is refused from its headers, before anything else runs.
+    app.add_middleware(ShedOnArrival)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

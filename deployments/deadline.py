@@ -43,7 +43,8 @@ class Shed(Exception):
     Parameters
     ----------
     stage : str
-        Where it was dropped: ``ingress``, ``fetch``, ``compose`` or ``encode``.
+        Where it was dropped: ``arrival`` (the ingress, before reading the body), ``ingress``,
+        ``fetch``, ``compose`` or ``encode``.
     reason : str
         ``deadline_passed`` (the caller has given up), ``would_miss_deadline`` (the estimated
         completion is after the deadline) or ``queue_full`` (a Serve queue limit refused it).

@@ -143,7 +143,11 @@ class RenderChain:
         record = self.gate.record_shed(request.state.request_id, endpoint, shed, deadline)
         request.state.render.update(outcome="shed", shed=record)
         error = "deadline exceeded" if shed.reason == "deadline_passed" else "overloaded"
-        return ApiError(503, error, shed.as_dict(), headers={"Retry-After": str(shed.retry_after_s)})
+        headers = {"Retry-After": str(shed.retry_after_s)}
+        arrived_at = getattr(request.state, "arrived_at", None)
+        if arrived_at is not None:  # how long the decision took after the request reached this replica
+            headers["Server-Timing"] = f"decided;dur={(time.time() - arrived_at) * 1e3:.1f}"
+        return ApiError(503, error, shed.as_dict(), headers=headers)
 
     async def plan(
         self, catalogue: SurveyCatalogue, cfg: SurveyConfig, survey: HipsSurvey, geom: OutputGeometry

@@ -16,12 +16,13 @@ from fastapi.responses import JSONResponse, Response
 
 from .telemetry import log_request, observe_request
 
-__all__ = ["install_request_context"]
+__all__ = ["install_request_context", "serve_request_id"]
 
 log = logging.getLogger("ray.serve")
 
 
-def _serve_request_id() -> str | None:
+def serve_request_id() -> str | None:
+    """The id Serve's proxy gave the request being handled (None outside a request)."""
     try:
         from ray.serve.context import _get_serve_request_context
 
@@ -36,7 +37,7 @@ def install_request_context(app: FastAPI) -> None:
     @app.middleware("http")
     async def _request_context(request: Request, call_next) -> Response:
         # Serve's proxy already takes X-Request-ID (or makes one) and echoes it in the response.
-        rid = (request.headers.get("x-request-id") or _serve_request_id() or uuid.uuid4().hex)[:128]
+        rid = (request.headers.get("x-request-id") or serve_request_id() or uuid.uuid4().hex)[:128]
         request.state.request_id = rid
         request.state.render = {}
         request.state.arrived_at = time.time()  # a render's deadline counts from here

@@ -178,6 +178,22 @@ class AdmissionGate:
             decision = self.control.decide(work, math.inf)
         return Admitted(request_id, decision, Budget(deadline, work, time.time()))
 
+    def refuse_on_arrival(self, deadline: Deadline) -> Shed | None:
+        """A `Shed` (stage ``arrival``) when a render of the typical size would be refused now, else None.
+
+        Decided from the headers alone, before the body is read and parsed: under overload the
+        refusals are most requests, and each must cost the ingress next to nothing.
+        """
+        if not self.config.admission and deadline.remaining() > 0:
+            return None
+        decision = self.control.refuse_typical(deadline.remaining())
+        if decision is None:
+            return None
+        reason = "deadline_passed" if decision.remaining_s <= 0 else "would_miss_deadline"
+        shed = Shed("arrival", reason, decision.retry_after_s, decision.estimate_s, decision.remaining_s)
+        shed.decision = decision  # type: ignore[attr-defined]  # for the log line
+        return shed
+
     def finish(
         self, admitted: Admitted, reports: list[StageReport] | None = None, completed: bool = False
     ) -> None:

@@ -82,10 +82,17 @@ def test_a_request_past_its_deadline_is_not_computed(served):
     past = f"{time.time() - 1.0:.3f}"
     r = app.client.post("/v1/preview", json=FIELD, headers={"X-Request-Deadline": past})
     detail = _assert_shed(r, "deadline_passed")
-    assert detail["stage"] == "ingress"
+    # Refused on arrival, from its headers: the body is not even read.
+    assert detail["stage"] == "arrival", detail
+    assert r.headers["server-timing"].startswith("decided;dur="), r.headers
     r = app.client.post("/v1/preview", json=FIELD, headers={"Request-Timeout": "0"})
     _assert_shed(r, "deadline_passed")
+    r = app.client.post("/v1/preview", content=b"{not json", headers={"Request-Timeout": "0"})
+    _assert_shed(r, "deadline_passed")
     assert _renders(app) == before
+    # With time to spare the same request is rendered, and a bad body is a 422 again.
+    assert app.client.post("/v1/preview", json=FIELD).status_code == 200
+    assert app.client.post("/v1/preview", content=b"{not json").status_code == 422
 
 
 def test_a_deadline_too_short_for_compose_is_dropped_before_computing(served):
@@ -104,7 +111,7 @@ def test_a_deadline_too_short_for_compose_is_dropped_before_computing(served):
     detail = _assert_shed(r)
     # Refused at the ingress, dropped by a stage, or given up by the ingress while it still
     # waited in Compose's queue (which then drops it on arrival): never computed.
-    assert detail["stage"] in ("ingress", "fetch", "compose", "chain"), detail
+    assert detail["stage"] in ("arrival", "ingress", "fetch", "compose", "chain"), detail
     assert _renders(app) == before + done.count(200)  # not the short one
     # The same request with time to spare is rendered.
     assert app.client.post("/v1/preview", json=BIG, headers={"Request-Timeout": "8"}).status_code == 200
@@ -186,10 +193,10 @@ def test_shed_requests_queue_waits_and_misses_are_in_the_metrics(served):
     app, port = served
     past = f"{time.time() - 1.0:.3f}"
     assert app.client.post("/v1/preview", json=FIELD, headers={"X-Request-Deadline": past}).status_code == 503
-    shed = {"endpoint": "/v1/preview", "reason": "deadline_passed", "stage": "ingress"}
+    shed = {"endpoint": "/v1/preview", "reason": "deadline_passed", "stage": "arrival"}
     wanted = {
         "ray_skyrender_shed_total": shed,
-        "ray_skyrender_deadline_misses_total": {"stage": "ingress"},
+        "ray_skyrender_deadline_misses_total": {"stage": "arrival"},
         "ray_skyrender_queue_wait_seconds_count": {"stage": "compose"},
     }
     deadline = time.monotonic() + 60
