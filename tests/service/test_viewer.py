@@ -37,8 +37,17 @@ GC_HASH = "ra=266.4&dec=-28.9&fov=6&proj=TAN&survey=dss2-red&cmap=gray&stretch=l
 
 
 @pytest.fixture(scope="module")
-def app(upstream):
+def hi4pi(tmp_path_factory):
+    """The bundled HI4PI sample survey (the whole sky; it suggests a 180-degree first field)."""
+    from skyrender.samples import build_sample_hips
+
+    return build_sample_hips(tmp_path_factory.mktemp("hi4pi"))
+
+
+@pytest.fixture(scope="module")
+def app(upstream, hi4pi):
     surveys = [{**s, "url": f"{upstream.url}/{s['url']}"} for s in SURVEYS]
+    surveys.append({"name": "hi4pi", "url": str(hi4pi)})
     # The first renders of a fresh application on a busy shared machine can take seconds.
     args = {
         "surveys": surveys,
@@ -100,7 +109,7 @@ def test_page_loads_without_console_errors(app, driver):
     from selenium.webdriver.support.ui import Select
 
     surveys = [o.text for o in Select(driver.find_element("id", "survey")).options]
-    assert surveys == ["dss", "gaia-rv", "dss2-color", "irac4"]  # the two dss epochs are one survey
+    assert surveys == ["dss", "gaia-rv", "dss2-color", "irac4", "hi4pi"]  # the two dss epochs are one survey
     epochs = [o.text for o in Select(driver.find_element("id", "epoch")).options]
     assert epochs == ["1.1", "2.1"]
     assert driver.find_element("id", "epoch-row").is_displayed()
@@ -122,6 +131,7 @@ def test_surveys_endpoint_lists_the_catalogue(app):
         ("dss2-color", None, [], False),
         ("dss2-red-e2", "2.1", ["dss"], False),
         ("irac4", None, [], False),
+        ("hi4pi", None, [], False),
     ]
     by_name = {s["name"]: s for s in body["surveys"]}
     assert by_name["dss2-red"]["frame"] == "icrs" and by_name["dss2-red"]["orderMax"] == 3
@@ -129,6 +139,30 @@ def test_surveys_endpoint_lists_the_catalogue(app):
     assert by_name["dss2-color"]["colour"] is True and by_name["dss2-color"]["orderMax"] == 7
     assert by_name["dss2-red"]["tileFormat"] == "fits" and by_name["dss2-color"]["tileFormat"] == "jpeg"
     assert by_name["gaia-rv"]["title"] and by_name["gaia-rv"]["available"] is True
+
+
+def test_a_wide_first_view_fills_the_window_with_sky(app, driver):
+    """HI4PI suggests a 180-degree first field: the page starts in AIT (TAN stops at 150 and
+    stretches its edges), no wider than the window holds, so every pixel is sky."""
+    sent = open_view(driver, app, "survey=hi4pi")
+    width, height = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    assert (sent["width"], sent["height"]) == (width, height)
+    assert sent["projection"] == "AIT" and "proj=AIT" in driver.current_url
+    assert sent["ra"] == 0 and sent["dec"] == 0  # the survey's hips_initial_ra, _dec
+    assert 150 < sent["fovDeg"] <= 180, sent
+    # The picture the page asked for has sky in every pixel (none transparent)...
+    r = app.client.post("/v1/preview", json=sent)
+    assert r.status_code == 200, r.text
+    alpha = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3]
+    assert alpha.shape == (height, width) and alpha.min() == 255
+    # ... and the page shows it over the whole window: no empty (black) row or column.
+    shown = canvas_pixels(driver)
+    assert shown.shape[:2] == (height, width)
+    lit = shown.sum(axis=2) > 0
+    assert lit.any(axis=1).all() and lit.any(axis=0).all()
+    # A view the URL gives whole is kept as it is.
+    sent = open_view(driver, app, "ra=0&dec=0&fov=150&proj=TAN&survey=hi4pi")
+    assert (sent["projection"], sent["fovDeg"]) == ("TAN", 150)
 
 
 def test_drag_moves_the_next_request_by_the_dragged_amount(app, driver):
@@ -313,7 +347,8 @@ def test_layers_epochs_contours_and_colour(app, driver):
     assert contours["mode"] == "contours" and contours["contours"]["levels"] == [3, 5, 10, 20]
     assert [layer["survey"] for layer in contours["layers"]] == ["dss2-red", "irac4"]
     assert contours["layers"][0]["epoch"] == "1.1"
-    assert [layer["survey"] for layer in bodies["rgb"]["layers"]] == ["dss2-red", "irac4", "dss2-red-e2"]
+    # The survey, then the other surveys' single bands (irac4, hi4pi) before its own other epoch.
+    assert [layer["survey"] for layer in bodies["rgb"]["layers"]] == ["dss2-red", "irac4", "hi4pi"]
     # The readout still reads the picture's X-WCS in a layers mode.
     canvas = driver.find_element("id", "sky")
     actions(driver).move_to_element_with_offset(canvas, 100, 50).perform()

@@ -14,6 +14,17 @@ const COLORMAPS = [
 ];
 // Wider than these and the projection folds or diverges (TAN at 180, SIN at the limb).
 const MAX_FOV = { TAN: 150, SIN: 180, ARC: 360, STG: 300, ZEA: 360, CAR: 360, MER: 360, AIT: 360, MOL: 360 };
+// A survey suggesting a first field wider than this starts in an all-sky projection (unless the
+// URL names one): TAN stretches the edges of a 150° field 2.7 times and cannot show more.
+const WIDE_FOV = 90;
+const ALLSKY_PROJECTION = "AIT";
+// Where each all-sky projection maps the whole sphere [plane degrees]: semi-axes, and whether
+// it is an ellipse (else a rectangle). Outside it a picture has no sky.
+const SKY_EXTENT = {
+  AIT: [(2 * Math.SQRT2 * 180) / Math.PI, (Math.SQRT2 * 180) / Math.PI, true],
+  MOL: [(2 * Math.SQRT2 * 180) / Math.PI, (Math.SQRT2 * 180) / Math.PI, true],
+  CAR: [180, 90, false],
+};
 const MIN_FOV = 1 / 3600; // 1 arcsec across: deeper than any configured survey
 const MAX_SIDE = 2048; // the canvas is rendered at most this large (the service also has its limits)
 const DEBOUNCE_MS = 80; // a pause in the pointer this long asks for a picture
@@ -500,9 +511,30 @@ window.addEventListener("keydown", (e) => {
 
 // -- size ----------------------------------------------------------------------------------------
 
+/** The canvas size [CSS pixels]: the window's, at most MAX_SIDE. */
+const viewportSize = () => [
+  Math.max(1, Math.min(MAX_SIDE, window.innerWidth)),
+  Math.max(1, Math.min(MAX_SIDE, window.innerHeight)),
+];
+
+/**
+ * The widest field of view [deg], at most `fovDeg`, whose `projection` picture of w x h pixels
+ * has sky in every pixel (its corners inside the projection's sky, with 1 % to spare). TAN and
+ * the other zenithal projections fill any window below MAX_FOV.
+ */
+function fillingFov(projection, fovDeg, w, h) {
+  const extent = SKY_EXTENT[projection];
+  if (!extent) return fovDeg;
+  const [a, b, ellipse] = extent;
+  // Half the picture's width and height [plane degrees] per degree of field of view.
+  const hw = w / 2 / Math.max(w, h);
+  const hh = h / 2 / Math.max(w, h);
+  const widest = ellipse ? 1 / Math.hypot(hw / a, hh / b) : Math.min(a / hw, b / hh);
+  return Math.min(fovDeg, 0.99 * widest);
+}
+
 function resize() {
-  const w = Math.max(1, Math.min(MAX_SIDE, window.innerWidth));
-  const h = Math.max(1, Math.min(MAX_SIDE, window.innerHeight));
+  const [w, h] = viewportSize();
   const dpr = window.devicePixelRatio || 1;
   canvas.width = Math.round(w * dpr);
   canvas.height = Math.round(h * dpr);
@@ -778,7 +810,9 @@ function setupControls() {
 /**
  * The view's survey as configured: a name the catalogue does not have falls back to the
  * default; the epoch is the named survey's (names are unique, so the URL need not say it).
- * A URL without a position starts where the survey's properties suggest (hips_initial_*).
+ * A URL without a position starts where the survey's properties suggest (hips_initial_*); a
+ * field wider than WIDE_FOV in AIT unless the URL names a projection, never wider than fills
+ * the window (no empty band around the sky).
  */
 function resolveSurvey() {
   const v = state.view;
@@ -794,7 +828,12 @@ function resolveSurvey() {
   if (!p.has("ra") && !p.has("dec") && entry.initialRa != null && entry.initialDec != null) {
     v.ra = entry.initialRa;
     v.dec = entry.initialDec;
-    if (!p.has("fov") && entry.initialFovDeg) v.fovDeg = Math.min(MAX_FOV[v.projection], entry.initialFovDeg);
+    if (!p.has("fov") && entry.initialFovDeg) {
+      // A wide first field is shown whole in an all-sky projection, as wide as fills the window.
+      if (!p.has("proj") && entry.initialFovDeg > WIDE_FOV) v.projection = ALLSKY_PROJECTION;
+      const [w, h] = viewportSize();
+      v.fovDeg = fillingFov(v.projection, Math.min(MAX_FOV[v.projection], entry.initialFovDeg), w, h);
+    }
   }
 }
 
