@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from email.utils import formatdate
 
 import pytest
@@ -242,3 +243,70 @@ def test_retry_after_spreads_the_refused_over_the_completions():
     # 41 refusals in a 2 s window = 20.5/s against 2 completions/s: ~10 s (the cap).
     assert advised[-1] == 10 and all(1 <= a <= 10 for a in advised)
     assert sorted(advised) == advised or len(set(advised)) > 2  # it grows with the refusals
+
+
+def test_health_answers_do_not_wait_for_a_busy_stage():
+    """A stage's answer younger than a second is reported at once; older, a slow stage is not waited for."""
+    import asyncio
+
+    from deployments import health
+
+    async def scenario():
+        answers = health._LastAnswers()
+        asked = []
+
+        async def quick():
+            asked.append("quick")
+            return {"renders": len(asked)}
+
+        async def stuck():
+            asked.append("stuck")
+            await asyncio.sleep(30)
+
+        first = await answers.get("compose", quick, 5.0, lambda exc: {"error": str(exc)})
+        assert first == {"renders": 1} and asked == ["quick"]
+        # Fresh: reported at once, with its age, and the stage is not asked again.
+        again = await answers.get("compose", stuck, 5.0, lambda exc: {"error": str(exc)})
+        assert again["renders"] == 1 and "age_s" in again and asked == ["quick"]
+        # Older than a second, the stage busy: the last answer after the short patience.
+        at, value = answers._last["compose"]
+        answers._last["compose"] = (at - 2.0, value)
+        t0 = asyncio.get_running_loop().time()
+        stale = await answers.get("compose", stuck, 5.0, lambda exc: {"error": str(exc)})
+        assert stale["renders"] == 1 and stale["age_s"] >= 2.0 and asked == ["quick", "stuck"]
+        assert asyncio.get_running_loop().time() - t0 < 1.0
+        for task in answers._pending.values():
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_readiness_reports_the_controllers_last_answer_while_it_asks_again(monkeypatch):
+    import asyncio
+
+    from deployments import readiness as mod
+
+    calls = []
+
+    def serve_status(states=("RUNNING",)):
+        calls.append(time.monotonic())
+        time.sleep(0.3)  # a busy controller
+        return mod.StagesStatus(True, "RUNNING", {"Compose": {"RUNNING": len(calls)}})
+
+    monkeypatch.setattr(mod, "_serve_status", serve_status)
+
+    async def scenario():
+        r = mod.Readiness(started=time.time())
+        first = await r.stages(5.0)  # nothing known: waits for it
+        assert first.replicas == {"Compose": {"RUNNING": 1}} and len(calls) == 1
+        assert await r.stages(5.0) is first  # within the second: no question
+        r._cached = (r._cached[0] - 2.0, first)  # two seconds old: reported, and asked again
+        t0 = time.monotonic()
+        assert await r.stages(5.0) is first
+        assert time.monotonic() - t0 < 0.2
+        await asyncio.sleep(0.5)
+        assert len(calls) == 2 and (await r.stages(5.0)).replicas == {"Compose": {"RUNNING": 2}}
+        r._cached = (r._cached[0] - 60.0, r._cached[1])  # too old to report: waits for the answer
+        assert (await r.stages(5.0)).replicas == {"Compose": {"RUNNING": 3}}
+
+    asyncio.run(scenario())
