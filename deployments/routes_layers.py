@@ -73,8 +73,12 @@ def _geometry(svc: Services, body: Any) -> OutputGeometry:
 async def _plan_all(
     svc: Services, geom: OutputGeometry, wanted: list[tuple[str, str | None]]
 ) -> list[PlannedLayer]:
-    """Plan every layer concurrently (each reads its survey's properties and MOC once)."""
-    return list(await asyncio.gather(*(plan_layer(svc, geom, name, epoch) for name, epoch in wanted)))
+    """Plan every layer concurrently; a survey and epoch given twice (an RGB of one survey's
+    stretches) is planned once."""
+    distinct = list(dict.fromkeys(wanted))
+    plans = await asyncio.gather(*(plan_layer(svc, geom, name, epoch) for name, epoch in distinct))
+    by_layer = dict(zip(distinct, plans, strict=True))
+    return [by_layer[w] for w in wanted]
 
 
 def _display(layer: Layer, planned: PlannedLayer) -> LayerDisplay:
