@@ -8,7 +8,9 @@ fresh starts give its p50). Then it measures per endpoint p50/p95/p99, cold (til
 and warm previews, PANNING (a new centre every request, tiles warm: what a viewer does),
 and 512² snapshot throughput with 8 concurrent clients. In the same run it times a
 hips2fits-style peer (astropy WCS pixel_to_world + cdshealpix bilinear + numpy gather,
-CDS's method) on the same 1024x768 field, for the ratio.
+CDS's method) on the same 1024x768 field, for the ratio. For panning and the snapshot
+throughput it prints the CPU a request costs summed over every process of the cluster
+(`proc_cpu`), by process: on 2 cores that sum bounds the throughput.
 
     python bench/bench_service.py           # full
     python bench/bench_service.py --short   # CI
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import peers  # noqa: E402  (bench/ is on sys.path when run as a script)
+import proc_cpu  # noqa: E402
 
 from tests.service.loopback import StaticHips  # noqa: E402
 from tests.service.serve_harness import ServeApp  # noqa: E402
@@ -74,6 +77,17 @@ def stage_row(stages: dict[str, list[float]]) -> None:
     parts.append(f"ingress {med['app'] - med.get('chain', 0.0):.1f}")
     parts.append(f"HTTP+proxy {med['total'] - med['app']:.1f}")
     print(f"{'':<4}p50 ms: " + "; ".join(parts))
+
+
+def cpu_row(before: proc_cpu.CpuSnapshot, requests: int) -> None:
+    """CPU per request [ms] summed over every process of the cluster, and its biggest parts.
+
+    On 2 cores, concurrent throughput is bounded by this sum (40 renders/s needs <= 50 ms).
+    """
+    spent = proc_cpu.cpu_by_role(before, proc_cpu.snapshot())
+    total = sum(spent.values())
+    parts = [f"{role} {s / requests * 1e3:.1f}" for role, s in spent.items() if s / requests >= 0.3e-3]
+    print(f"{'':<4}CPU ms/request {total / requests * 1e3:.1f}: " + "; ".join(parts))
 
 
 def row(name: str, times: list[float], target: str = "") -> None:
@@ -210,22 +224,27 @@ def main(argv: list[str] | None = None) -> int:
         timed(preview(1024, 768, 1.5), 10)  # warm the tiles around the centre
         row("panning /v1/preview 512x512 (warm tiles)", timed(preview(512, 512, 1.0), n))
         stages = {}
+        before = proc_cpu.snapshot()
         panning = timed(preview(1024, 768, 1.0), n, stages)
         row("panning /v1/preview 1024x768 (warm tiles)", panning, "p50 <= 60")
         stage_row(stages)
+        cpu_row(before, n)
         same = {"ra": CENTRE[0], "dec": CENTRE[1], "fovDeg": 2.0, "width": 1024, "height": 768}
         row("repeated /v1/preview 1024x768", timed(lambda i: http.post("/v1/preview", json=same), n))
 
         snap = {"tiles": cold_urls[:2], "width": 512, "height": 512}
         total = 40 if args.short else 200
-        t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            # The pool's connections first, then the measured run.
+            list(pool.map(lambda _: http.post("/render/snapshot", json=snap), range(16)))
+            before, t0 = proc_cpu.snapshot(), time.perf_counter()
             codes = list(
                 pool.map(lambda _: http.post("/render/snapshot", json=snap).status_code, range(total))
             )
         rate = total / (time.perf_counter() - t0)
         ok = codes.count(200)
         print(f"{'snapshots 512x512, 8 clients':<44}{rate:9.1f} req/s ({ok}/{total} ok)   target >= 40")
+        cpu_row(before, total)
         peer = hips2fits_method_ms(3 if args.short else 5)
         print(f"{'hips2fits method, same 1024x768 field':<44}{peer:9.1f} ms (compute only, one core)")
         print(

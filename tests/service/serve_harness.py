@@ -73,6 +73,11 @@ class ServeApp:
             dep.update((deployments or {}).get(dep["name"], {}))
         self.config = config
         os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+        # The nodes get Serve's settings the application gives its replicas (as k8s/ sets them on
+        # the pods), so that the proxies started here run like the cluster's.
+        for name, value in app.get("runtime_env", {}).get("env_vars", {}).items():
+            if name.startswith("RAY_SERVE_"):
+                os.environ.setdefault(name, str(value))
         init_kwargs: dict[str, Any] = {
             "num_cpus": 4,  # logical CPUs: fractional replicas fit; the machine has 2 cores
             "include_dashboard": False,
