@@ -32,6 +32,9 @@ _UPSTREAM_FAIR_S = 0.5
 
 log = logging.getLogger("ray.serve")
 
+#: The lease of a tile when the cache actor could not be reached: fetch it directly.
+_NO_CACHE = ("nocache", None)
+
 
 @serve.deployment
 class TileFetch:
@@ -154,14 +157,14 @@ class TileFetch:
         )
         return stack
 
-    async def _one(self, req: TileRequest) -> tuple[Any, TileOutcome]:
+    async def _one(self, req: TileRequest, lease: tuple[str, Any] | None = None) -> tuple[Any, TileOutcome]:
         location, fmt = req.location, req.format
         decode = self._decoded_allsky if req.allsky_npix else self._decoded
         try:
-            if self.cache is None:
-                array, how = await decode(location, fmt), "fetched"
+            if self.cache is None or lease == _NO_CACHE:
+                array, how = await decode(location, fmt), "fetched" if self.cache is None else "nocache"
             else:
-                array, how = await self.cache.get_or_fetch(req.key, lambda: decode(location, fmt))
+                array, how = await self.cache.get_or_fetch(req.key, lambda: decode(location, fmt), lease)
         except Exception as exc:
             observe_tile(location, type(exc).__name__)
             raise
@@ -189,6 +192,18 @@ class TileFetch:
         report = self.guard.leave(run, budget)
         return dataclasses.replace(fetched, finished_at=time.time(), reports=(report,))
 
+    async def _gather(self, requests: list[TileRequest]) -> list[Any]:
+        """Each tile, or the exception fetching it raised, concurrently."""
+        # One call to the cache actor for every tile's lease: its round trips cost CPU on both
+        # sides, and a render needs several tiles.
+        leases: list[Any] = [None] * len(requests)
+        if self.cache is not None and len(requests) > 1:
+            leased = await self.cache.lease_many([r.key for r in requests])
+            leases = list(leased) if leased is not None else [_NO_CACHE] * len(requests)
+        return await asyncio.gather(
+            *(self._one(r, lease) for r, lease in zip(requests, leases, strict=True)), return_exceptions=True
+        )
+
     async def _get_tiles(self, requests: list[TileRequest], budget: Budget | None) -> FetchedTiles:
         from .upstream import NoUsableTiles, TileNotFound, TileTooLarge, UpstreamTimeout
 
@@ -197,9 +212,7 @@ class TileFetch:
         missing: list[str] = []
         broken: dict[str, str] = {}
         outcomes: dict[TileOutcome, int] = {}
-        gathered = asyncio.gather(
-            *(self._one(r) for r in requests), return_exceptions=True
-        )
+        gathered = self._gather(requests)
         # The fetcher's own timeouts hold per tile; the request's deadline bounds them all.
         left = budget.deadline.remaining() if budget is not None else None
         try:

@@ -81,6 +81,10 @@ class RenderChain:
         # Every rendered image (single or layered) is reusable this long: the configured max-age.
         self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
+        # What every ETag repeats, computed once: the rendering configuration, and each
+        # survey's release (kept with the properties it digests; a reloaded survey is new).
+        self._render_settings = config.render.model_dump(exclude={"num_threads"})
+        self._releases: dict[tuple[str, str], tuple[object, dict]] = {}
 
     def etag(
         self,
@@ -103,10 +107,19 @@ class RenderChain:
             [geom.width, geom.height, geom.frame, order],
             [(t.order, t.npix, t.format) for t in tiles],
             {k: v for k, v in dataclasses.asdict(display).items() if k != "header"},
-            survey_release(cfg.name, cfg.url, survey.properties),
+            self._release(cfg, survey),
             skyrender.__version__,
-            self.config.render.model_dump(exclude={"num_threads"}),
+            self._render_settings,
         )
+
+    def _release(self, cfg: SurveyConfig, survey: HipsSurvey) -> dict:
+        """`survey_release` of ``survey``, digested once per properties object."""
+        key = (cfg.name, cfg.url)
+        held = self._releases.get(key)
+        if held is None or held[0] is not survey.properties:
+            held = (survey.properties, survey_release(cfg.name, cfg.url, survey.properties))
+            self._releases[key] = held
+        return held[1]
 
     def deadline(self, request: Request) -> Deadline:
         """The request's deadline from its headers or the configuration (400 if unreadable)."""

@@ -34,8 +34,12 @@ class Services:
     readiness: Readiness
 
 
-def services(request: Request) -> Services:
-    """The `Services` of the app serving ``request`` (a FastAPI dependency)."""
+async def services(request: Request) -> Services:
+    """The `Services` of the app serving ``request`` (a FastAPI dependency).
+
+    ``async`` on purpose: FastAPI runs a plain function dependency in its thread pool, one
+    thread hand-off per request for a lookup.
+    """
     return request.app.state.services
 
 

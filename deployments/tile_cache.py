@@ -60,6 +60,10 @@ class TileCache:
         self.counters["misses"] += 1
         return "fetch", None
 
+    async def lease_many(self, keys: list[str]) -> list[tuple[str, list[ray.ObjectRef] | None]]:
+        """`lease` of each key, in one call: a render asks for all its tiles at once."""
+        return [await self.lease(key) for key in keys]
+
     async def put(self, key: str, array: np.ndarray) -> list[ray.ObjectRef]:
         """Store a decoded tile (the actor owns the object) and wake the waiters."""
         ref = ray.put(array)
@@ -188,20 +192,36 @@ class CacheClient:
             self._down_until = time.monotonic() + self.retry_after_s
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
+    async def lease_many(self, keys: list[str]) -> list[tuple[str, Any]] | None:
+        """The lease of every key in one actor call (see `get_or_fetch`); None when the actor
+        cannot be reached (each tile is then fetched directly)."""
+        try:
+            return await self._call("lease_many", list(keys))
+        except CacheUnavailable as exc:
+            log.warning("tile cache unavailable (%s): fetching %d tiles directly", exc, len(keys))
+            return None
+
     async def get_or_fetch(
-        self, key: str, fetch: Callable[[], Awaitable[np.ndarray]]
+        self,
+        key: str,
+        fetch: Callable[[], Awaitable[np.ndarray]],
+        lease: tuple[str, Any] | None = None,
     ) -> tuple[ray.ObjectRef | np.ndarray, str]:
         """(tile, how): how is "hit", "fetched", "coalesced" or "nocache" (actor down).
 
         The tile is an ObjectRef into the object store whenever the cache has it: the
         caller passes it on unresolved, and the consumer (compose, on any node) reads it
-        from the object store. Only "nocache" returns the array itself.
+        from the object store. Only "nocache" returns the array itself. ``lease``: the
+        key's lease from `lease_many`, when the caller asked for several at once (one
+        actor call per render rather than one per tile).
         """
-        try:
-            state, refs = await self._call("lease", key)
-        except CacheUnavailable as exc:
-            log.warning("tile cache unavailable (%s): fetching %s directly", exc, key)
-            return await fetch(), "nocache"
+        if lease is None:
+            try:
+                lease = await self._call("lease", key)
+            except CacheUnavailable as exc:
+                log.warning("tile cache unavailable (%s): fetching %s directly", exc, key)
+                return await fetch(), "nocache"
+        state, refs = lease
         if state == "hit":
             return refs[0], "hit"
         if state == "wait":

@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,12 @@ class OutputGeometry:
 
     def wcs_keywords(self) -> dict[str, Any]:
         """WCS keywords as a JSON-friendly dict (for the ``X-WCS`` response header)."""
+        return dict(self._wcs_keywords)
+
+    @cached_property
+    def _wcs_keywords(self) -> dict[str, Any]:
+        # Built once per geometry (astropy's header parsing takes ~0.7 ms): a render needs
+        # them for its ETag and again for X-WCS.
         out: dict[str, Any] = {}
         for key, value in self.header().items():
             if key in ("COMMENT", "HISTORY", ""):
@@ -134,7 +141,8 @@ class OutputGeometry:
 def _geometry_from_header_text(text: str, width: int, height: int, frame: str) -> OutputGeometry:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
-        return OutputGeometry(WCS(fits.Header.fromstring(text)), width, height, frame)
+        # wcslib parses the text itself: ~0.2 ms less than through an astropy Header.
+        return OutputGeometry(WCS(text), width, height, frame)
 
 
 def _check_size(width: Any, height: Any, max_side: int, max_pixels: int) -> tuple[int, int]:
