@@ -32,7 +32,9 @@ __all__ = [
 log = logging.getLogger("ray.serve")
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+# No task events: like Serve's own actors, the cache answers several calls per render and the
+# GCS need not record each one.
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000, enable_task_events=False)
 class TileCache:
     """LRU (by bytes) index of tiles held in the object store."""
 
