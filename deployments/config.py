@@ -163,7 +163,7 @@ class OverloadConfig(BaseModel):
     admission: bool = Field(True, description="refuse at the ingress what cannot finish by its deadline")
     margin_s: float = Field(0.1, ge=0, description="time kept for the answer's way back to the caller [s]")
     headroom: float = Field(
-        0.15,
+        0.2,
         ge=0,
         lt=1,
         description="fraction of a request's time before its deadline kept free at admission for "

@@ -19,7 +19,7 @@ from .disk_cache import disk_free_bytes
 from .errors import message_of, unwrap
 from .services import Services, ServicesDep
 
-__all__ = ["router"]
+__all__ = ["prime", "router"]
 
 router = APIRouter()
 
@@ -88,6 +88,32 @@ async def _as_coroutine(response) -> Any:
     return await response
 
 
+async def _compose_info(svc: Services) -> dict[str, Any]:
+    return await _answers.get(
+        "compose",
+        lambda: _as_coroutine(svc.compose.info.remote()),
+        _stage_timeout(svc),
+        lambda exc: {"backend": "unknown", "detail": str(exc)},
+    )
+
+
+async def _cache_stats(svc: Services) -> dict[str, Any]:
+    return await _answers.get(
+        "cache",
+        lambda: _as_coroutine(svc.fetch.cache_stats.remote()),
+        _stage_timeout(svc),
+        lambda exc: {"error": str(exc)},
+    )
+
+
+async def prime(svc: Services) -> None:
+    """Ask every health question once (at start-up), so that ``/healthz`` always has a last
+    answer to report and never waits for a stage busy with renders."""
+    await asyncio.gather(
+        _compose_info(svc), _cache_stats(svc), *(_probe(svc, cfg) for cfg in svc.config.surveys)
+    )
+
+
 def _stage_timeout(svc: Services) -> float:
     """How long a health question to a stage may take [s]: one upstream request's worth."""
     up = svc.config.upstream
@@ -140,20 +166,7 @@ async def healthz(svc: ServicesDep) -> JSONResponse:
         for cfg, (ok, detail) in zip(surveys_cfg, checks, strict=True)
     }
     # Compose still starting or busy: report what is known, do not fail health for it.
-    compose, cache = await asyncio.gather(
-        _answers.get(
-            "compose",
-            lambda: _as_coroutine(svc.compose.info.remote()),
-            _stage_timeout(svc),
-            lambda exc: {"backend": "unknown", "detail": str(exc)},
-        ),
-        _answers.get(
-            "cache",
-            lambda: _as_coroutine(svc.fetch.cache_stats.remote()),
-            _stage_timeout(svc),
-            lambda exc: {"error": str(exc)},
-        ),
-    )
+    compose, cache = await asyncio.gather(_compose_info(svc), _cache_stats(svc))
     cache_cfg = svc.config.cache
     disk: dict[str, Any] = {"directory": cache_cfg.disk_dir}
     try:

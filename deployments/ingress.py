@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from . import health
 from .app import create_app
 from .catalogue import SurveyCatalogue
 from .config import AppConfig
@@ -75,6 +76,8 @@ class Ingress:
         await svc.catalogue.load_all()
         svc.readiness.mark("catalogue_loaded")
         log.info("survey catalogue loaded: %s", svc.readiness.timeline)
+        await health.prime(svc)
+        svc.readiness.mark("health_primed")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app this replica serves."""

@@ -37,7 +37,7 @@ class StagesStatus:
 class Readiness:
     """The start-up timeline of an ingress replica and the readiness check.
 
-    ``timeline`` maps a step (``planning_warm``, ``fetch_ready``, ``catalogue_loaded``,
+    ``timeline`` maps a step (``planning_warm``, ``fetch_ready``, ``catalogue_loaded``, ``health_primed``,
     ``ready``) to its time after ``started`` [s].
     """
 

@@ -35,9 +35,6 @@ from .render_answer import image_response
 from .shedding import AdmissionGate, Admitted, shed_from_backpressure
 from .tile_urls import tile_location
 
-#: A stage still computing this long after the deadline is given up on (its answer is useless).
-_GRACE_S = 0.5
-
 __all__ = ["RenderChain", "tile_requests"]
 
 log = logging.getLogger("ray.serve")
@@ -289,7 +286,7 @@ class RenderChain:
         budget = dataclasses.replace(admitted.budget, sent_at=time.time())  # the first queue starts now
         try:
             result = await asyncio.wait_for(
-                chain(budget, lost), timeout=max(deadline.remaining(), 0.0) + _GRACE_S
+                chain(budget, lost), timeout=max(deadline.remaining(), 0.0)
             )
         except TimeoutError:
             self.gate.finish(admitted)
