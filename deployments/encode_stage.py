@@ -37,7 +37,8 @@ class Encode:
         log.info("encode warm in %.2f s", seconds)
 
     def _png_opts(self) -> dict[str, Any]:
-        return {"compress_level": self.config.render.png_compress_level}
+        render = self.config.render
+        return {"compress_level": render.png_compress_level, "num_threads": render.num_threads}
 
     def _jpeg_opts(self) -> dict[str, Any]:
         return {"quality": self.config.render.jpeg_quality}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -25,10 +26,12 @@ import numpy as np
 
 from .display import NO_DATA_INDEX, DisplayImage, to_display
 from .errors import EncodeError, TilePathError
+from .threads import resolve_threads, row_chunks, run_row_chunks
 from .tiles import format_of
 
 __all__ = [
     "MEDIA_TYPES",
+    "PARALLEL_PNG_PIXELS",
     "encode_fits",
     "encode_image",
     "encode_jpeg",
@@ -77,7 +80,53 @@ def _top_down_index(img: DisplayImage) -> np.ndarray:
     return np.ascontiguousarray(index)
 
 
-def encode_png(img: DisplayImage, *, compress_level: int = 1, huffman_only: bool = False) -> bytes:
+#: Indexed pictures of at least this many pixels are deflated in row bands on several
+#: threads (zlib releases the GIL): one core deflates a 1024×768 picture in ~11 ms at level 1.
+PARALLEL_PNG_PIXELS = 1 << 19
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+
+def _indexed_png_parallel(
+    index: np.ndarray, lut: np.ndarray, transparent: bool, level: int, strategy: int, num_threads: int
+) -> bytes:
+    """A palette PNG of the top-down ``index`` rows, its image data deflated in row bands at once.
+
+    Each band is a raw deflate stream ended by a sync flush (the last one finished), so the
+    bands concatenate into one zlib stream (pigz's method); the file is PNG's chunk layout
+    (RFC 2083) as Pillow writes it for mode "P": IHDR, PLTE, tRNS (index 255 transparent), IDAT, IEND.
+    """
+    height, width = index.shape
+    raw = np.empty((height, width + 1), dtype=np.uint8)
+    raw[:, 0] = 0  # filter type None on every row, as Pillow does for palette images
+    raw[:, 1:] = index
+    bands = row_chunks(height, num_threads)
+    parts: dict[int, bytes] = {}
+
+    def deflate(start: int, stop: int) -> None:
+        z = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+        end = zlib.Z_FINISH if stop == height else zlib.Z_SYNC_FLUSH
+        parts[start] = z.compress(raw[start:stop].data) + z.flush(end)
+
+    run_row_chunks(deflate, height, num_threads)
+    # zlib header: deflate with a 32 KiB window, "fastest" level flag (CMF * 256 + FLG ≡ 0 mod 31).
+    idat = b"\x78\x01" + b"".join(parts[a] for a, _ in bands) + struct.pack(">I", zlib.adler32(raw.data))
+    out = [
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)),
+        _png_chunk(b"PLTE", np.ascontiguousarray(lut, dtype=np.uint8).tobytes()),
+    ]
+    if transparent:
+        out.append(_png_chunk(b"tRNS", b"\xff" * NO_DATA_INDEX + b"\x00"))
+    out += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
+def encode_png(
+    img: DisplayImage, *, compress_level: int = 1, huffman_only: bool = False, num_threads: int = 0
+) -> bytes:
     """Encode a picture as PNG.
 
     Parameters
@@ -90,6 +139,9 @@ def encode_png(img: DisplayImage, *, compress_level: int = 1, huffman_only: bool
         zlib's Z_HUFFMAN_ONLY strategy (no string matching after PNG's row filters).
         On a 1024×768 RGB sky composite: ~30 % faster and 25 % smaller than the
         default strategy (651 against 873 kB); lossless either way.
+    num_threads : int
+        Threads deflating a single-band picture of at least `PARALLEL_PNG_PIXELS` pixels,
+        in row bands (0: every core). The picture is the same; the file is ~0.1 % larger.
 
     Returns
     -------
@@ -102,6 +154,7 @@ def encode_png(img: DisplayImage, *, compress_level: int = 1, huffman_only: bool
 
     img = _check_display(img)
     level = _check_int("compress_level", compress_level, 0, 9)
+    num_threads = _check_int("num_threads", num_threads, 0, 1024)
     params: dict[str, Any] = {"format": "PNG", "compress_level": level, "optimize": False}
     if huffman_only:
         params["compress_type"] = zlib.Z_HUFFMAN_ONLY
@@ -113,6 +166,9 @@ def encode_png(img: DisplayImage, *, compress_level: int = 1, huffman_only: bool
             pil = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
         else:
             pil = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    elif img.index.size >= PARALLEL_PNG_PIXELS and resolve_threads(num_threads) > 1:
+        strategy = zlib.Z_HUFFMAN_ONLY if huffman_only else zlib.Z_DEFAULT_STRATEGY
+        return _indexed_png_parallel(_top_down_index(img), img.lut, masked, level, strategy, num_threads)
     else:
         pil = Image.fromarray(_top_down_index(img), mode="L")
         pil.putpalette(np.ascontiguousarray(img.lut, dtype=np.uint8).tobytes(), rawmode="RGB")
@@ -254,7 +310,7 @@ def encode_image(img_or_array: DisplayImage | np.ndarray, fmt: str, **opts: Any)
             raise EncodeError("FITS output needs the float data, not an 8-bit display image")
         _check_opts(opts, ("header",))
         return encode_fits(img_or_array, opts.get("header")), MEDIA_TYPES[key]
-    encoder_opts = ("compress_level",) if key == "png" else ("quality", "background")
+    encoder_opts = ("compress_level", "num_threads") if key == "png" else ("quality", "background")
     if isinstance(img_or_array, DisplayImage):
         _check_opts(opts, encoder_opts)
         img = img_or_array
