@@ -9,7 +9,7 @@ import pytest
 from astropy.wcs import WCS
 
 from skyrender.errors import GeometryError, SkyRenderError
-from skyrender.geometry import make_geometry
+from skyrender.geometry import geometry_from_header, make_geometry
 
 
 def test_tan_field_is_centred_north_up_east_left():
@@ -86,13 +86,16 @@ def test_pixel_cap_is_configurable():
         make_geometry(10.0, 89.5, 3.0, 300, 200, "SIN", rotation_deg=33.0),
         make_geometry(0.0, 0.0, 360.0, 1024, 512, "AIT", frame="galactic"),
         make_geometry(359.99, -45.0, 20.0, 64, 48, "ZEA", rotation_deg=-120.0, frame="ecliptic"),
+        geometry_from_header(make_geometry(10.0, 89.5, 3.0, 300, 200, "SIN", rotation_deg=33.0).header()),
     ],
-    ids=["tan", "sin-pole-rotated", "ait-galactic", "zea-ecliptic"],
+    ids=["tan", "sin-pole-rotated", "ait-galactic", "zea-ecliptic", "header-sin"],
 )
 def test_geometry_pickles_to_the_same_sky(geom):
     import pickle
 
-    assert geom.__reduce_ex__(5)[0].__name__ == "_geometry_from_header_text"  # the header-text way
+    # A field is rebuilt from its arguments; a header's geometry from the header's text.
+    way = "_geometry_from_field" if geom.field_args is not None else "_geometry_from_header_text"
+    assert geom.__reduce_ex__(5)[0].__name__ == way
     back = pickle.loads(pickle.dumps(geom))
     assert (back.width, back.height, back.frame) == (geom.width, geom.height, geom.frame)
     xs, ys = np.meshgrid(np.linspace(0, geom.width - 1, 7), np.linspace(0, geom.height - 1, 5))
