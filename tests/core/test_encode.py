@@ -82,6 +82,33 @@ def test_palette_png_masked_pixels_are_transparent_whatever_their_index():
     np.testing.assert_array_equal(np.asarray(im), [[5, 6], [3, NO_DATA_INDEX]])
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("level", "huffman_only"), [(1, False), (0, False), (6, False), (1, True)])
+def test_a_big_palette_png_deflated_on_threads_is_pillows_picture(horsehead, masked, level, huffman_only):
+    """At PARALLEL_PNG_PIXELS and above the file is written here, deflated in row bands: it
+    decodes to the picture Pillow's single-thread file gives, palette and transparency included."""
+    from skyrender.encode import PARALLEL_PNG_PIXELS
+
+    data, _ = horsehead
+    big = np.tile(data, (4, 3))[:768, :1024].copy()  # 1024x768, noisy real sky
+    assert big.size >= PARALLEL_PNG_PIXELS
+    if masked:
+        big[100:300, 50:90] = np.nan
+    img = to_display(big, stretch="asinh", cmap="viridis")
+    opts = {"compress_level": level, "huffman_only": huffman_only}
+    threaded, single = (_open(encode_png(img, num_threads=n, **opts)) for n in (3, 1))
+    assert threaded.mode == single.mode == "P" and threaded.size == single.size == (1024, 768)
+    assert threaded.getpalette() == single.getpalette()
+    assert threaded.info == single.info == ({"transparency": NO_DATA_INDEX} if masked else {})
+    np.testing.assert_array_equal(np.asarray(threaded), np.asarray(single))
+    np.testing.assert_array_equal(np.asarray(threaded)[::-1], img.index)
+
+
+def test_png_num_threads_is_checked():
+    with pytest.raises(EncodeError, match="num_threads"):
+        encode_png(to_display(_ramp()), num_threads=-1)
+
+
 def test_png_on_real_data_round_trips_the_index(horsehead):
     data, _ = horsehead
     img = to_display(data, stretch="sqrt", cmap="gray")
