@@ -29,6 +29,10 @@ __all__ = ["AdmissionControl", "Decision", "ServiceClock", "StageReport", "size_
 
 #: Work of the smallest request [megapixels]: below this a render's fixed costs dominate.
 MIN_WORK = 0.05
+#: Estimates shorter than this [s] are not used to calibrate (they measure no queue).
+_CALIBRATE_MIN_S = 0.25
+#: Bounds of the calibration factor of the estimates.
+_BIAS_RANGE = (0.7, 3.0)
 
 
 def size_class(work: float) -> int:
@@ -275,6 +279,7 @@ class AdmissionControl:
         self._refusals: deque[float] = deque()  # times of the refusals in the last window
         self._random = random.Random(seed)
         self.typical_work: float | None = None  # EWMA of admitted renders' work [Mpx]
+        self.bias = 1.0  # EWMA of (actual time / estimate) of admitted renders: the estimate's calibration
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -343,7 +348,7 @@ class AdmissionControl:
         crossing = sum(stage.latency for stage in self.stages.values()) * max(work, 0.0)
         rate, basis = self.throughput(now)
         if rate > 0:
-            return max((self.ahead_work + work) / rate, crossing), basis
+            return max(self.bias * (self.ahead_work + work) / rate, crossing), basis
         model, bottleneck = self._model_rate(now)
         if not bottleneck:
             return 0.0, ""
@@ -412,6 +417,20 @@ class AdmissionControl:
         wait_s = min(max(excess_s, spread_s, 1.0), self.max_retry_after_s)
         whole = math.floor(wait_s)
         return max(1, whole + (1 if self._random.random() < wait_s - whole else 0))
+
+    def calibrate(self, estimate_s: float, actual_s: float) -> None:
+        """Learn from an admitted render how far off its estimate was.
+
+        ``actual_s`` is its time from admission to its answer [s] (for one given up at its
+        deadline, that time: a lower bound). Under overload the service runs slower than the
+        rate measured a moment before (the burst's own connections and refusals cost the
+        cores) and pauses now and then; the estimates are scaled by the ratio learnt here.
+        Estimates under `_CALIBRATE_MIN_S` (no queue) say nothing about queueing and are skipped.
+        """
+        if estimate_s < _CALIBRATE_MIN_S or actual_s <= 0:
+            return
+        ratio = min(max(actual_s / estimate_s, _BIAS_RANGE[0]), _BIAS_RANGE[1])
+        self.bias += 0.1 * (ratio - self.bias)
 
     def done(self, work: float, completed: bool = False, now: float | None = None) -> None:
         """An admitted request has left: answered (``completed``), failed or dropped."""

@@ -289,7 +289,7 @@ class RenderChain:
                 chain(budget, lost), timeout=max(deadline.remaining(), 0.0)
             )
         except TimeoutError:
-            self.gate.finish(admitted)
+            self.gate.finish(admitted, overran=True)
             state["outcome"] = "timeout"
             if lost:  # the retry after a lost worker ran out of time: the service is switching over
                 raise ApiError(
@@ -303,8 +303,8 @@ class RenderChain:
             shed = Shed("chain", "deadline_passed", 1, admitted.decision.estimate_s, deadline.remaining())
             raise self._shed(request, shed, deadline) from None
         except Exception as exc:
-            self.gate.finish(admitted)
             inner = unwrap(exc)
+            self.gate.finish(admitted, overran=isinstance(inner, Shed))
             if isinstance(inner, Shed):
                 raise self._shed(request, inner, deadline) from None
             refused = shed_from_backpressure(inner, admitted.decision.estimate_s, deadline.remaining())

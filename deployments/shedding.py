@@ -195,14 +195,24 @@ class AdmissionGate:
         return shed
 
     def finish(
-        self, admitted: Admitted, reports: list[StageReport] | None = None, completed: bool = False
+        self,
+        admitted: Admitted,
+        reports: list[StageReport] | None = None,
+        completed: bool = False,
+        overran: bool = False,
     ) -> None:
-        """The render has left: free its place; learn from its reports; count it if completed."""
+        """The render has left: free its place; learn from its reports; count it if completed.
+
+        ``overran``: it was given up on, or dropped by a stage, because its deadline came first.
+        A completed or overrun render calibrates the estimate that admitted it.
+        """
         if admitted.done:
             return
         admitted.done = True
         if reports:
             self.control.observe(reports)
+        if completed or overran:
+            self.control.calibrate(admitted.decision.estimate_s, time.monotonic() - admitted.admitted_at)
         self.control.done(admitted.budget.work, completed)
         if completed and admitted.budget.deadline.expired():
             observe_late_answer()
@@ -217,6 +227,7 @@ class AdmissionGate:
                 in_flight=self.control.in_flight,
                 ahead_mpx=round(decision.ahead_work, 4),
                 basis=decision.basis,
+                bias=round(self.control.bias, 3),
             )
         if deadline is not None:
             record.update(deadline_s=round(deadline.budget_s, 3), deadline_source=deadline.source)

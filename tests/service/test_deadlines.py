@@ -310,3 +310,20 @@ def test_readiness_reports_the_controllers_last_answer_while_it_asks_again(monke
         assert (await r.stages(5.0)).replicas == {"Compose": {"RUNNING": 3}}
 
     asyncio.run(scenario())
+
+
+def test_estimates_are_calibrated_by_what_admitted_renders_took():
+    """Renders that take twice their estimate (a busy machine pausing) make the next estimates longer."""
+    ac = AdmissionControl(seed=3)
+    ac._capacity = 4.0  # Mpx/s
+    estimate, basis = ac.estimate(1.0)
+    assert basis == "capacity" and estimate == pytest.approx(0.25)
+    for _ in range(40):
+        ac.calibrate(1.0, 2.0)
+    assert ac.bias == pytest.approx(2.0, rel=0.05)
+    assert ac.estimate(1.0)[0] == pytest.approx(0.5, rel=0.05)
+    ac.calibrate(0.01, 5.0)  # no queue: says nothing
+    assert ac.bias == pytest.approx(2.0, rel=0.05)
+    for _ in range(60):
+        ac.calibrate(1.0, 0.1)  # far faster than estimated: bounded below
+    assert ac.bias == pytest.approx(0.7, rel=0.05)
