@@ -5,11 +5,12 @@ and the disk well: NestJS's circuit breaker reads it) and ``/v1/stats`` (cache c
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import skyrender
@@ -23,36 +24,52 @@ __all__ = ["prime", "router"]
 
 router = APIRouter()
 
-#: How long /healthz waits for a stage's live answer before it reports the last one [s]. Under
+#: How long /healthz waits for a stage's live answer when it has no recent one [s]. Under
 #: overload a question to Compose waits behind the renders queued there; health must not.
 _LIVE_WAIT_S = 0.05
-#: An answer younger than this is reported at once [s] (probes come every second or so, and
-#: every question costs the busy stage a call).
+#: An answer younger than this is reported as it is [s]; older, it is still reported at once
+#: while a fresh one is asked for in the background, up to `_STALE_S`.
 _FRESH_S = 1.0
+_STALE_S = 10.0
 
 
 class _LastAnswers:
-    """A stage's latest answer to a health question, refreshed in the background (one ingress replica)."""
+    """A stage's latest answer to a health question, refreshed in the background (one ingress replica).
+
+    Under overload the ingress's event loop is busy and every await costs a turn of it: a probe
+    answered from what is known, without waiting for anything, stays fast.
+    """
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, Any]] = {}
         self._pending: dict[str, asyncio.Task] = {}
 
-    async def get(self, key: str, ask, timeout_s: float, fallback) -> Any:
-        """The last answer (with its age) if younger than `_FRESH_S`; else the live answer if it
-        comes within `_LIVE_WAIT_S`, else the last one."""
-        if key in self._last and time.monotonic() - self._last[key][0] < _FRESH_S:
+    async def get(self, key: str, ask, timeout_s: float, fallback, live: bool = False) -> Any:
+        """The last answer (with its ``age_s``) while younger than `_STALE_S`, asking again in the
+        background once it is older than `_FRESH_S`; with none as recent, the live answer if it
+        comes within `_LIVE_WAIT_S`, else the last one. ``live``: ask now and wait for the answer."""
+        if live:
+            return await self._ask(key, ask, timeout_s, fallback)
+        last = self._last.get(key)
+        age = time.monotonic() - last[0] if last is not None else math.inf
+        if age < _FRESH_S:
             return self._aged(key)
+        task = self._refresh(key, ask, timeout_s, fallback)
+        if age < _STALE_S:
+            return self._aged(key)
+        done, _ = await asyncio.wait({task}, timeout=_LIVE_WAIT_S)
+        if done:
+            return task.result()
+        if last is not None:
+            return self._aged(key)
+        return await task  # nothing known yet: wait for the first answer
+
+    def _refresh(self, key: str, ask, timeout_s: float, fallback) -> asyncio.Task:
         task = self._pending.get(key)
         if task is None or task.done():
             task = asyncio.ensure_future(self._ask(key, ask, timeout_s, fallback))
             self._pending[key] = task
-        done, _ = await asyncio.wait({task}, timeout=_LIVE_WAIT_S)
-        if done:
-            return task.result()
-        if key in self._last:
-            return self._aged(key)
-        return await task  # nothing known yet: wait for the first answer
+        return task
 
     def _aged(self, key: str) -> Any:
         at, value = self._last[key]
@@ -62,7 +79,7 @@ class _LastAnswers:
         try:
             value = await asyncio.wait_for(ask(), timeout=timeout_s)
         except Exception as exc:
-            return fallback(exc)
+            value = fallback(exc)  # kept too: a failing upstream must show in the next answers
         self._last[key] = (time.monotonic(), value)
         return value
 
@@ -70,7 +87,7 @@ class _LastAnswers:
 _answers = _LastAnswers()
 
 
-async def _probe(svc: Services, cfg: SurveyConfig) -> tuple[bool, str]:
+async def _probe(svc: Services, cfg: SurveyConfig, live: bool = False) -> tuple[bool, str]:
     """Is the survey's ``properties`` readable (a local file, or upstream's through the fetch stage)?"""
     if cfg.is_local:
         ok = Path(cfg.url, "properties").is_file()
@@ -80,6 +97,7 @@ async def _probe(svc: Services, cfg: SurveyConfig) -> tuple[bool, str]:
         lambda: _as_coroutine(svc.fetch.probe.remote(cfg.url)),
         _stage_timeout(svc),
         lambda exc: (False, f"probe failed: {message_of(unwrap(exc))}"),
+        live,
     )
     return ok, detail
 
@@ -88,21 +106,23 @@ async def _as_coroutine(response) -> Any:
     return await response
 
 
-async def _compose_info(svc: Services) -> dict[str, Any]:
+async def _compose_info(svc: Services, live: bool = False) -> dict[str, Any]:
     return await _answers.get(
         "compose",
         lambda: _as_coroutine(svc.compose.info.remote()),
         _stage_timeout(svc),
         lambda exc: {"backend": "unknown", "detail": str(exc)},
+        live,
     )
 
 
-async def _cache_stats(svc: Services) -> dict[str, Any]:
+async def _cache_stats(svc: Services, live: bool = False) -> dict[str, Any]:
     return await _answers.get(
         "cache",
         lambda: _as_coroutine(svc.fetch.cache_stats.remote()),
         _stage_timeout(svc),
         lambda exc: {"error": str(exc)},
+        live,
     )
 
 
@@ -157,16 +177,24 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
 
 
 @router.get("/healthz", responses={503: {"description": "an upstream survey is unreachable"}})
-async def healthz(svc: ServicesDep) -> JSONResponse:
-    """200 when every configured survey answers; 503 with the reason otherwise."""
+async def healthz(svc: ServicesDep, request: Request) -> JSONResponse:
+    """200 when every configured survey answers; 503 with the reason otherwise.
+
+    Answered from the stages' last answers (each with its ``age_s``, refreshed in the background
+    once older than a second), so that it stays fast under overload; ``Cache-Control: no-cache``
+    asks every stage now and waits for the answers.
+    """
+    live = "no-cache" in request.headers.get("cache-control", "").lower()
     surveys_cfg = svc.config.surveys
-    checks = await asyncio.gather(*(_probe(svc, cfg) for cfg in surveys_cfg))
+    # One after the other: an answer already known returns without a turn of the event loop.
+    checks = [await _probe(svc, cfg, live) for cfg in surveys_cfg]
     surveys = {
         cfg.name: {"url": cfg.url, "ok": ok, "detail": detail}
         for cfg, (ok, detail) in zip(surveys_cfg, checks, strict=True)
     }
     # Compose still starting or busy: report what is known, do not fail health for it.
-    compose, cache = await asyncio.gather(_compose_info(svc), _cache_stats(svc))
+    compose = await _compose_info(svc, live)
+    cache = await _cache_stats(svc, live)
     cache_cfg = svc.config.cache
     disk: dict[str, Any] = {"directory": cache_cfg.disk_dir}
     try:

@@ -417,7 +417,7 @@ def test_layered_pictures_carry_a_strong_etag(app):
 def _compose_renders(app) -> int:
     """Compose's render count, from a live answer (/healthz reports the last one when Compose is busy)."""
     for _ in range(100):
-        compose = app.client.get("/healthz").json()["compose"]
+        compose = app.client.get("/healthz", headers={"Cache-Control": "no-cache"}).json()["compose"]
         if "age_s" not in compose:
             return int(compose["renders"])
         time.sleep(0.1)

@@ -14,6 +14,10 @@ export interface paths {
         /**
          * Healthz
          * @description 200 when every configured survey answers; 503 with the reason otherwise.
+         *
+         *     Answered from the stages' last answers (each with its ``age_s``, refreshed in the background
+         *     once older than a second), so that it stays fast under overload; ``Cache-Control: no-cache``
+         *     asks every stage now and waits for the answers.
          */
         get: operations["healthz_healthz_get"];
         put?: never;
