@@ -67,6 +67,17 @@ def cache_stats(http: httpx.Client, deadline_s: float = 60.0) -> dict:
         time.sleep(0.5)
 
 
+def live_compose(http: httpx.Client, deadline_s: float = 30.0) -> dict:
+    """Compose's answer in /healthz asked now, not the last one reported (``age_s``): /healthz
+    repeats an answer younger than a second, and counts read just after renders must be live."""
+    end = time.monotonic() + deadline_s
+    while True:
+        compose = http.get("/healthz").json()["compose"]
+        if "age_s" not in compose or time.monotonic() > end:
+            return compose
+        time.sleep(0.3)
+
+
 def replica_nodes() -> dict[str, list[str]]:
     """Deployment -> node ids of its ALIVE replicas (from the GCS: no dashboard needed)."""
     from ray._private import state
@@ -204,13 +215,13 @@ def main(address: str, upstream: str, temp_b: str, scratch: str) -> int:
             if http.post("/v1/preview", json={**FIELD, "survey": "planck"}).status_code == 200:
                 break
         stats0 = cache_stats(http)
-        reads0 = http.get("/healthz").json()["compose"]["tiles_read_from_object_store"]
+        reads0 = live_compose(http)["tiles_read_from_object_store"]
 
         # --- phase 1: a tile fetched on one node is read by compose on the other -----------
         manifest = http.post("/v1/tile-manifest", json=FIELD).json()
         codes = [http.post("/v1/preview", json=FIELD).status_code,
                  http.post("/v1/preview", json={**FIELD, "colormap": "gray"}).status_code]  # fmt: skip
-        health = http.get("/healthz").json()
+        health = {"compose": live_compose(http)}
         stats1 = cache_stats(http)
         out["cross"] = {
             "codes": codes,
