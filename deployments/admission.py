@@ -280,6 +280,7 @@ class AdmissionControl:
         self._random = random.Random(seed)
         self.typical_work: float | None = None  # EWMA of admitted renders' work [Mpx]
         self.bias = 1.0  # EWMA of (actual time / estimate) of admitted renders: the estimate's calibration
+        self.route_delay_s = 0.0  # EWMA of the time from a request's arrival to its route's admission [s]
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -381,16 +382,23 @@ class AdmissionControl:
         self.typical_work = work if typical is None else typical + 0.1 * (work - typical)
         return Decision(True, estimate, remaining_s, 0, ahead, basis)
 
+    def observe_route_delay(self, seconds: float) -> None:
+        """A request reached its route's admission ``seconds`` after it arrived (reading and parsing
+        its body, waiting for the event loop: under overload, a good part of its time)."""
+        self.route_delay_s += 0.2 * (max(seconds, 0.0) - self.route_delay_s)
+
     def refuse_typical(self, remaining_s: float, now: float | None = None) -> Decision | None:
         """The refusal a render of the typical admitted size would get now, or None (nothing counted).
 
         For refusing on arrival, before a request's size is read: a render the size of
-        those admitted lately that would be refused. None before any admission.
+        those admitted lately that would be refused, once it has also waited the usual time
+        to reach its route. None before any admission.
         """
         if self.typical_work is None:
             return None
         now = time.monotonic() if now is None else now
         estimate, basis = self.estimate(self.typical_work, now)
+        estimate += self.route_delay_s
         floor = 1 if basis in ("measured", "capacity") else self.model_min_in_flight
         usable_s = (1.0 - self.headroom) * remaining_s - self.margin_s
         if remaining_s > 0 and (estimate <= usable_s or self.in_flight < floor):

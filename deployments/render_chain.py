@@ -139,7 +139,9 @@ class RenderChain:
             return admitted
         deadline = self.deadline(request)
         try:
-            admitted = self.gate.admit(request.state.request_id, deadline, width, height)
+            arrived_at = getattr(request.state, "arrived_at", None)
+            waited = time.time() - arrived_at if arrived_at is not None else None
+            admitted = self.gate.admit(request.state.request_id, deadline, width, height, waited)
         except Shed as shed:
             raise self._shed(request, shed, deadline) from None
         request.state.admitted = admitted

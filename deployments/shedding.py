@@ -159,8 +159,16 @@ class AdmissionGate:
         default = self.config.deadline_s if default_s is None else default_s
         return deadline_from_headers(headers, default, self.config.max_deadline_s, arrived_at)
 
-    def admit(self, request_id: str, deadline: Deadline, width: int, height: int) -> Admitted:
-        """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``)."""
+    def admit(
+        self, request_id: str, deadline: Deadline, width: int, height: int, waited_s: float | None = None
+    ) -> Admitted:
+        """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``).
+
+        ``waited_s``: how long the request took from its arrival to here [s] (refusals on
+        arrival count on it).
+        """
+        if waited_s is not None:
+            self.control.observe_route_delay(waited_s)
         work = work_units(width, height)
         remaining = deadline.remaining()
         decision = self.control.decide(work, remaining)

@@ -340,3 +340,16 @@ def test_estimates_are_calibrated_by_what_admitted_renders_took():
     for _ in range(60):
         ac.calibrate(1.0, 0.1)  # far faster than estimated: bounded below
     assert ac.bias == pytest.approx(0.7, rel=0.05)
+
+
+def test_refusal_on_arrival_counts_the_usual_wait_to_reach_the_route():
+    """Under overload a request waits to be parsed and routed; on arrival that wait is counted."""
+    ac = AdmissionControl(seed=4)
+    ac._capacity = 1.0  # Mpx/s
+    assert ac.decide(1.0, 4.0).admit  # typical work 1 Mpx; 1 in flight
+    assert ac.refuse_typical(4.0) is None  # (1 + 1) / 1 = 2 s fits in 3.9 s
+    for _ in range(30):
+        ac.observe_route_delay(2.5)  # the loop is slow: 2.5 s from arrival to the route
+    refused = ac.refuse_typical(4.0)
+    assert refused is not None and refused.estimate_s == pytest.approx(2.0 + 2.5, rel=0.02)
+    assert refused.retry_after_s >= 1
