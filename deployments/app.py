@@ -62,8 +62,10 @@ def create_app(services: Services | None = None, limits: LimitsConfig | None = N
     app.add_middleware(MethodHandling)
     app.add_middleware(RequestLimits)
     install_request_context(app)
-    # Outermost: under overload a render is refused from its headers, before anything else runs.
+    # Outermost: under overload a render is refused from its headers, and a health probe answered,
+    # before anything else runs.
     app.add_middleware(ShedOnArrival)
+    app.add_middleware(health.HealthFirst)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -19,8 +19,9 @@ from .config import SurveyConfig
 from .disk_cache import disk_free_bytes
 from .errors import message_of, unwrap
 from .services import Services, ServicesDep
+from .telemetry import observe_request
 
-__all__ = ["prime", "router"]
+__all__ = ["HealthFirst", "prime", "router"]
 
 router = APIRouter()
 
@@ -227,3 +228,37 @@ async def healthz(svc: ServicesDep, request: Request) -> JSONResponse:
 async def stats(svc: ServicesDep) -> dict[str, Any]:
     """Tile cache counters (hits, misses, evictions, bytes held)."""
     return {"cache": await svc.fetch.cache_stats.remote()}
+
+
+class HealthFirst:
+    """ASGI middleware (outermost): ``GET /livez``, ``/readyz`` and ``/healthz`` answered at once.
+
+    The same handlers as the routes, called before the application's middleware stack and
+    routing: under overload every await of that stack waits for a turn of a busy event loop,
+    and a probe must not (Kubernetes' and the portal's probes time out).
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        handler = _FAST.get(scope.get("path", "")) if scope["type"] == "http" else None
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        if handler is None or scope["method"] != "GET" or services is None:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        response = await handler(services, Request(scope, receive))
+        await response(scope, receive, send)
+        observe_request(scope["path"], response.status_code, time.perf_counter() - start)
+
+
+async def _livez(svc: Services, request: Request) -> JSONResponse:
+    return JSONResponse(await livez())
+
+
+async def _readyz(svc: Services, request: Request) -> JSONResponse:
+    return await readyz(svc)
+
+
+_FAST = {"/livez": _livez, "/readyz": _readyz, "/healthz": healthz}
