@@ -67,15 +67,10 @@ def cache_stats(http: httpx.Client, deadline_s: float = 60.0) -> dict:
         time.sleep(0.5)
 
 
-def live_compose(http: httpx.Client, deadline_s: float = 30.0) -> dict:
-    """Compose's answer in /healthz asked now, not the last one reported (``age_s``): /healthz
-    repeats an answer younger than a second, and counts read just after renders must be live."""
-    end = time.monotonic() + deadline_s
-    while True:
-        compose = http.get("/healthz").json()["compose"]
-        if "age_s" not in compose or time.monotonic() > end:
-            return compose
-        time.sleep(0.3)
+def live_compose(http: httpx.Client) -> dict:
+    """Compose's answer in /healthz asked now (``Cache-Control: no-cache``), not the last one
+    reported: counts read just after renders must be live."""
+    return http.get("/healthz", headers={"Cache-Control": "no-cache"}).json()["compose"]
 
 
 def replica_nodes() -> dict[str, list[str]]:
