@@ -29,6 +29,9 @@ __all__ = ["TileFetch"]
 #: A fetch given at least this long before the deadline and still waiting then was waiting on
 #: an upstream (a 504); one given less was starved by our own queues (a 503) [s].
 _UPSTREAM_FAIR_S = 0.5
+#: A fetch gives up this long before the deadline [s], so that its 504 (a slow upstream) reaches
+#: the ingress before the ingress gives up on the render at the deadline (a 503: our own time).
+_REPORT_S = 0.3
 
 log = logging.getLogger("ray.serve")
 
@@ -215,8 +218,9 @@ class TileFetch:
         gathered = self._gather(requests)
         # The fetcher's own timeouts hold per tile; the request's deadline bounds them all.
         left = budget.deadline.remaining() if budget is not None else None
+        bound = None if left is None else max(left - _REPORT_S, 0.0)
         try:
-            results = await asyncio.wait_for(gathered, timeout=left)
+            results = await asyncio.wait_for(gathered, timeout=bound)
         except TimeoutError:
             assert budget is not None and left is not None
             if left < _UPSTREAM_FAIR_S:
