@@ -117,6 +117,18 @@ class ServeApp:
             except httpx.TransportError:
                 time.sleep(0.2)
 
+    def compose_renders(self, timeout_s: float = 10.0) -> int:
+        """Compose's render count, asked live (``Cache-Control: no-cache``): /healthz otherwise
+        reports the last answer it has, which may predate the renders a test just made."""
+        until = time.monotonic() + timeout_s
+        while True:
+            compose = self.client.get("/healthz", headers={"Cache-Control": "no-cache"}).json()["compose"]
+            if "renders" in compose and "age_s" not in compose:
+                return int(compose["renders"])
+            if time.monotonic() > until:
+                raise AssertionError(f"Compose never answered /healthz live: {compose}")
+            time.sleep(0.1)
+
     def close(self) -> None:
         import ray
         from ray import serve

@@ -414,16 +414,6 @@ def test_layered_pictures_carry_a_strong_etag(app):
 # -- admission ---------------------------------------------------------------------------
 
 
-def _compose_renders(app) -> int:
-    """Compose's render count, from a live answer (/healthz reports the last one when Compose is busy)."""
-    for _ in range(100):
-        compose = app.client.get("/healthz", headers={"Cache-Control": "no-cache"}).json()["compose"]
-        if "age_s" not in compose:
-            return int(compose["renders"])
-        time.sleep(0.1)
-    raise AssertionError(f"Compose never answered /healthz live: {compose}")
-
-
 def test_layered_requests_past_their_deadline_are_refused_uncomputed(app, field):
     layers = [{"survey": "dss2-red"}, {"survey": "irac4", "opacity": 0.5}]
     overlay = {**GC, "mode": "overlay", "layers": layers}
@@ -433,7 +423,7 @@ def test_layered_requests_past_their_deadline_are_refused_uncomputed(app, field)
         ("/v1/epochs/blink", {**field, "survey": "magpis"}),
         ("/v1/epochs/stats", {**field, "survey": "magpis"}),
     ]
-    before = _compose_renders(app)
+    before = app.compose_renders()
     for path, body in requests:
         for headers in ({"X-Request-Deadline": f"{time.time() - 1.0:.3f}"}, {"Request-Timeout": "0"}):
             r = app.client.post(path, json=body, headers=headers)
@@ -448,7 +438,7 @@ def test_layered_requests_past_their_deadline_are_refused_uncomputed(app, field)
         # An unreadable deadline passes arrival; the route's admission answers it.
         r = app.client.post(path, json=body, headers={"Request-Timeout": "soon"})
         assert r.status_code == 400 and r.json()["error"] == "invalid deadline", (path, r.text[:300])
-    assert _compose_renders(app) == before  # nothing was computed
+    assert app.compose_renders() == before  # nothing was computed
     # The same request with time to spare is rendered: both its layers composed.
     _ok(app.client.post("/v1/composite", json=overlay, headers={"Request-Timeout": "30"}))
-    assert _compose_renders(app) == before + 2
+    assert app.compose_renders() == before + 2

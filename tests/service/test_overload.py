@@ -54,16 +54,6 @@ def served(hips_dir):
         upstream.stop()
 
 
-def _renders(app) -> int:
-    """Compose's render count, from a live answer (/healthz reports the last one when Compose is busy)."""
-    for _ in range(100):
-        compose = app.client.get("/healthz", headers={"Cache-Control": "no-cache"}).json()["compose"]
-        if "age_s" not in compose:
-            return int(compose["renders"])
-        time.sleep(0.1)
-    raise AssertionError(f"Compose never answered /healthz live: {compose}")
-
-
 def _assert_shed(r: httpx.Response, reason: str | None = None) -> dict:
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
@@ -78,7 +68,7 @@ def _assert_shed(r: httpx.Response, reason: str | None = None) -> dict:
 
 def test_a_request_past_its_deadline_is_not_computed(served):
     app, _ = served
-    before = _renders(app)
+    before = app.compose_renders()
     past = f"{time.time() - 1.0:.3f}"
     r = app.client.post("/v1/preview", json=FIELD, headers={"X-Request-Deadline": past})
     detail = _assert_shed(r, "deadline_passed")
@@ -89,7 +79,7 @@ def test_a_request_past_its_deadline_is_not_computed(served):
     _assert_shed(r, "deadline_passed")
     r = app.client.post("/v1/preview", content=b"{not json", headers={"Request-Timeout": "0"})
     _assert_shed(r, "deadline_passed")
-    assert _renders(app) == before
+    assert app.compose_renders() == before
     # With time to spare the same request is rendered, and a bad body is a 422 again.
     assert app.client.post("/v1/preview", json=FIELD).status_code == 200
     assert app.client.post("/v1/preview", content=b"{not json").status_code == 422
@@ -101,7 +91,7 @@ def test_a_deadline_too_short_for_compose_is_dropped_before_computing(served):
     app, _ = served
     r = app.client.post("/v1/preview", json=BIG, headers={"Request-Timeout": "10"})
     assert r.status_code == 200, r.text  # compose has measured a big one
-    before = _renders(app)
+    before = app.compose_renders()
     with concurrent.futures.ThreadPoolExecutor(8) as pool, httpx.Client(base_url=app.url, timeout=60) as http:
         long = {"Request-Timeout": "10"}
         busy = [pool.submit(http.post, "/v1/preview", json=BIG, headers=long) for _ in range(8)]
@@ -112,10 +102,10 @@ def test_a_deadline_too_short_for_compose_is_dropped_before_computing(served):
     # Refused at the ingress, dropped by a stage, or given up by the ingress while it still
     # waited in Compose's queue (which then drops it on arrival): never computed.
     assert detail["stage"] in ("arrival", "ingress", "fetch", "compose", "chain"), detail
-    assert _renders(app) == before + done.count(200)  # not the short one
+    assert app.compose_renders() == before + done.count(200)  # not the short one
     # The same request with time to spare is rendered.
     assert app.client.post("/v1/preview", json=BIG, headers={"Request-Timeout": "8"}).status_code == 200
-    assert _renders(app) == before + done.count(200) + 1
+    assert app.compose_renders() == before + done.count(200) + 1
 
 
 def test_bad_deadline_headers_are_400(served):
