@@ -45,6 +45,18 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scrape_metrics(port: int) -> dict[str, list]:
+    """The Prometheus samples Ray exports on ``port``, by sample name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
 class ServeApp:
     """A running Serve application; ``url`` is its HTTP base URL."""
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .loopback import StaticHips
-from .serve_harness import ServeApp, free_port
+from .serve_harness import ServeApp, free_port, scrape_metrics
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +26,6 @@ def served(hips_dir):
     upstream.stop()
 
 
-def _scrape(port: int) -> dict[str, list]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append(sample)
-    return out
-
-
 def _total(samples, **labels) -> float:
     return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
@@ -51,7 +40,7 @@ def test_series_move_after_requests(served):
     # Ray exports each series on its own schedule: poll until every expectation holds (or 60 s).
     deadline = time.monotonic() + 60
     while True:
-        series = _scrape(port)
+        series = scrape_metrics(port)
         unmet = _unmet(series)
         if not unmet or time.monotonic() > deadline:
             break

@@ -13,10 +13,9 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .loopback import StaticHips
-from .serve_harness import ServeApp, free_port
+from .serve_harness import ServeApp, free_port, scrape_metrics
 
 FIELD = {"ra": 266.4, "dec": -28.9, "fovDeg": 2.0, "width": 256, "height": 256}
 BIG = {**FIELD, "fovDeg": 3.0, "width": 2048, "height": 2048}
@@ -166,15 +165,6 @@ def test_under_load_refusals_are_fast_503s_with_retry_after_and_health_answers(s
             assert status == 200 and elapsed < 3.0, (path, status, elapsed)
 
 
-def _scrape(port: int) -> dict[str, list]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append(sample)
-    return out
-
-
 def _has(samples, labels: dict[str, str]) -> bool:
     return any(s.value > 0 and all(s.labels.get(k) == v for k, v in labels.items()) for s in samples)
 
@@ -191,7 +181,7 @@ def test_shed_requests_queue_waits_and_misses_are_in_the_metrics(served):
     }
     deadline = time.monotonic() + 60
     while True:
-        series = _scrape(port)
+        series = scrape_metrics(port)
         unmet = [name for name, labels in wanted.items() if not _has(series.get(name, []), labels)]
         if not unmet or time.monotonic() > deadline:
             break
