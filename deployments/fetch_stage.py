@@ -203,9 +203,25 @@ class TileFetch:
         if self.cache is not None and len(requests) > 1:
             leased = await self.cache.lease_many([r.key for r in requests])
             leases = list(leased) if leased is not None else [_NO_CACHE] * len(requests)
-        return await asyncio.gather(
-            *(self._one(r, lease) for r, lease in zip(requests, leases, strict=True)), return_exceptions=True
-        )
+        started: set[int] = set()
+
+        async def one(i: int, req: TileRequest, lease: Any) -> tuple[Any, TileOutcome]:
+            started.add(i)
+            return await self._one(req, lease)
+
+        try:
+            return await asyncio.gather(
+                *(one(i, r, lease) for i, (r, lease) in enumerate(zip(requests, leases, strict=True))),
+                return_exceptions=True,
+            )
+        except BaseException:
+            # Cancelled (the caller gave up) before some tiles' fetches began: their leases
+            # would make every other request wanting those tiles wait the whole lease time.
+            for i, (req, lease) in enumerate(zip(requests, leases, strict=True)):
+                if i not in started and lease is not None and lease[0] == "fetch":
+                    reason = "the request fetching it was cancelled"
+                    asyncio.ensure_future(self.cache.give_back(req.key, reason))
+            raise
 
     async def _get_tiles(self, requests: list[TileRequest], budget: Budget | None) -> FetchedTiles:
         from .upstream import NoUsableTiles, TileNotFound, TileTooLarge, UpstreamTimeout

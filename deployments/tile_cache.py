@@ -203,6 +203,14 @@ class CacheClient:
             log.warning("tile cache unavailable (%s): fetching %d tiles directly", exc, len(keys))
             return None
 
+    async def give_back(self, key: str, reason: str) -> None:
+        """Hand back a lease whose fetch never began (its request was cancelled): the waiters
+        fetch for themselves at once instead of waiting out the lease."""
+        try:
+            await self._call("fail", key, reason)
+        except CacheUnavailable:
+            pass
+
     async def get_or_fetch(
         self,
         key: str,
