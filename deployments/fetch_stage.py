@@ -217,10 +217,14 @@ class TileFetch:
         except BaseException:
             # Cancelled (the caller gave up) before some tiles' fetches began: their leases
             # would make every other request wanting those tiles wait the whole lease time.
-            for i, (req, lease) in enumerate(zip(requests, leases, strict=True)):
-                if i not in started and lease is not None and lease[0] == "fetch":
-                    reason = "the request fetching it was cancelled"
-                    asyncio.ensure_future(self.cache.give_back(req.key, reason))
+            # (A cancel while lease_many is in flight: the client hands those back itself.)
+            if self.cache is not None:
+                unstarted = [i for i in range(len(requests)) if i not in started]
+                self.cache.give_back_later(
+                    [requests[i].key for i in unstarted],
+                    [leases[i] for i in unstarted],
+                    "the request fetching it was cancelled",
+                )
             raise
 
     async def _get_tiles(self, requests: list[TileRequest], budget: Budget | None) -> FetchedTiles:

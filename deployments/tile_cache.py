@@ -45,7 +45,8 @@ class TileCache:
         self._pending: dict[str, tuple[float, asyncio.Event]] = {}
         self._failures: dict[str, str] = {}
         self.bytes_held = 0
-        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "coalesced": 0, "puts": 0}
+        # failed: leases released without a tile (a failed fetch, or one handed back unused)
+        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "coalesced": 0, "puts": 0, "failed": 0}
 
     async def lease(self, key: str) -> tuple[str, list[ray.ObjectRef] | None]:
         """("hit", [ref]) | ("fetch", None): you fetch it | ("wait", None): someone else is."""
@@ -84,6 +85,7 @@ class TileCache:
 
     async def fail(self, key: str, reason: str) -> None:
         """The fetch failed: waiters get the reason; nothing is cached."""
+        self.counters["failed"] += 1
         self._failures[key] = reason
         self._release(key)
 
@@ -163,6 +165,7 @@ class CacheClient:
         )
         self._actor = None
         self._down_until = 0.0
+        self._giving_back: set[asyncio.Task] = set()  # the loop holds its tasks only weakly
 
     def _handle(self):
         if self._actor is None:
@@ -198,10 +201,36 @@ class CacheClient:
         """The lease of every key in one actor call (see `get_or_fetch`); None when the actor
         cannot be reached (each tile is then fetched directly)."""
         try:
-            return await self._call("lease_many", list(keys))
+            return await self._leases(list(keys))
         except CacheUnavailable as exc:
             log.warning("tile cache unavailable (%s): fetching %d tiles directly", exc, len(keys))
             return None
+
+    async def _leases(self, keys: list[str]) -> list[tuple[str, Any]]:
+        """The actor's leases of ``keys``; those it grants after we are cancelled are handed back."""
+        # Cancelling our await does not cancel the actor's call: it grants the leases all the
+        # same, and nobody would fetch those tiles, so every other request for them would wait
+        # out the lease (30 s; a viewer aborts stale pans). Shielded, the call completes and
+        # its "fetch" leases go back.
+        call = asyncio.ensure_future(self._call("lease_many", keys))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._give_back_granted(keys, done))
+            raise
+
+    def _give_back_granted(self, keys: list[str], done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.give_back_later(keys, done.result(), "the request leasing it was cancelled")
+
+    def give_back_later(self, keys: list[str], leases: list[Any], reason: str) -> None:
+        """`give_back`, in the background, each "fetch" lease in ``leases`` (those of ``keys``);
+        never raises."""
+        for key, lease in zip(keys, leases, strict=True):
+            if lease is not None and lease[0] == "fetch":
+                task = asyncio.ensure_future(self.give_back(key, reason))
+                self._giving_back.add(task)
+                task.add_done_callback(self._giving_back.discard)
 
     async def give_back(self, key: str, reason: str) -> None:
         """Hand back a lease whose fetch never began (its request was cancelled): the waiters
@@ -227,7 +256,7 @@ class CacheClient:
         """
         if lease is None:
             try:
-                lease = await self._call("lease", key)
+                (lease,) = await self._leases([key])
             except CacheUnavailable as exc:
                 log.warning("tile cache unavailable (%s): fetching %s directly", exc, key)
                 return await fetch(), "nocache"

@@ -1,16 +1,39 @@
-"""Tiles lost between fetch and compose (their owner or node died) are a retry, then a 503:
-never a picture with holes. The end-to-end case is test_multinode's node loss."""
+"""Work lost between the stages: tiles lost between fetch and compose (their owner or node died)
+are a retry, then a 503, never a picture with holes (the end-to-end case is test_multinode's node
+loss); tile leases taken by a request that is then cancelled are handed back, so no other request
+waits out the lease. One local Ray (no Serve) for the module."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import pickle
 import shutil
 import tempfile
+import threading
+import time
+import uuid
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
+import pytest
+import ray
 from ray.exceptions import RayTaskError
 
-from deployments.contracts import TilesLost
+from deployments.config import AppConfig
+from deployments.contracts import TileOutcome, TileRequest, TilesLost
 from deployments.errors import api_error_of, is_replica_death
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    temp_dir = tempfile.mkdtemp(prefix="skr-lt-", dir="/tmp")  # short: Ray's socket paths
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _as_from_a_replica(exc: BaseException) -> BaseException:
@@ -34,15 +57,10 @@ def test_other_failures_are_not_mistaken_for_lost_tiles():
     assert not is_replica_death(_as_from_a_replica(ValueError("bad spec")))
 
 
-def test_compose_raises_when_a_tile_reference_cannot_be_read():
+def test_compose_raises_when_a_tile_reference_cannot_be_read(local_ray):
     """A real reference whose value is gone with the actor that was to produce it (as tiles are
     gone with the node that held them): compose raises TilesLost instead of drawing around it."""
-    import numpy as np
-    import pytest
-    import ray
-
     from deployments.compose_stage import Compose
-    from deployments.config import AppConfig
 
     @ray.remote(num_cpus=0)
     class Owner:
@@ -50,18 +68,140 @@ def test_compose_raises_when_a_tile_reference_cannot_be_read():
             # a 1 MiB tile: held in the object store (small objects would travel inline)
             return ray.put(np.full((512, 512), 1, dtype=np.float32))
 
-    temp_dir = tempfile.mkdtemp(prefix="skr-lt-", dir="/tmp")  # short: Ray's socket paths
-    try:
-        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-        owner = Owner.remote()
-        alive = ray.get(owner.put.remote())
-        config = AppConfig(render={"backend": "numpy"}, upstream={"request_deadline_s": 5.0})
-        compose = Compose.func_or_class(config.model_dump())
-        assert compose._resolve({7: alive})[7][0, 0] == 1  # readable while its owner lives
-        ray.kill(owner, no_restart=True)
-        lost = owner.put.remote()  # the actor is gone: this value will never exist
-        with pytest.raises(TilesLost, match="1 tiles lost"):
-            compose._resolve({8: lost, 9: np.zeros((4, 4), dtype=np.float32)})
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    owner = Owner.remote()
+    alive = ray.get(owner.put.remote())
+    config = AppConfig(render={"backend": "numpy"}, upstream={"request_deadline_s": 5.0})
+    compose = Compose.func_or_class(config.model_dump())
+    assert compose._resolve({7: alive})[7][0, 0] == 1  # readable while its owner lives
+    ray.kill(owner, no_restart=True)
+    lost = owner.put.remote()  # the actor is gone: this value will never exist
+    with pytest.raises(TilesLost, match="1 tiles lost"):
+        compose._resolve({8: lost, 9: np.zeros((4, 4), dtype=np.float32)})
+
+
+class _GatedHips:
+    """A loopback HiPS upstream whose tile requests wait until `gate` is set (a stalled upstream)."""
+
+    def __init__(self, root):
+        self.gate = threading.Event()
+        self.tile_requests = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                if "/Npix" in self.path:
+                    with lock:
+                        outer.tile_requests += 1
+                    outer.gate.wait(60)
+                super().do_GET()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.gate.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture()
+def gated(hips_dir):
+    server = _GatedHips(hips_dir)
+    yield server
+    server.stop()
+
+
+NPIX = (304, 335, 336)  # tiles of cds-dss2-red at order 3
+
+
+async def _fetch_stage(upstream: str):
+    """A real fetch stage (outside Serve), its tile requests, and its own real tile-cache actor."""
+    from deployments.fetch_stage import TileFetch
+
+    survey = f"{upstream}/cds-dss2-red"
+    config = AppConfig(
+        surveys=[{"name": "dss2", "url": survey}],
+        cache={"name": f"leases-{uuid.uuid4().hex[:8]}", "max_bytes": 64 << 20, "disk_enabled": False},
+    )
+    stage = TileFetch.func_or_class(config.model_dump())
+    requests = [
+        TileRequest(n, f"dss2/3/{n}.fits", f"{survey}/Norder3/Dir0/Npix{n}.fits", "fits") for n in NPIX
+    ]
+    assert await stage.ready()  # starts the cache actor, as Serve does before the first request
+    return stage, requests, ray.get_actor(config.cache.name, namespace="skyrender")
+
+
+async def _until(probe, timeout_s: float = 10.0, every_s: float = 0.05):
+    """Poll ``probe`` (async, returns (done, value)) until done or ``timeout_s``; the last value."""
+    until = time.monotonic() + timeout_s
+    while True:
+        done, value = await probe()
+        if done or time.monotonic() > until:
+            return value
+        await asyncio.sleep(every_s)
+
+
+async def _never() -> np.ndarray:
+    raise AssertionError("the fetch of a cancelled request began")
+
+
+@pytest.mark.parametrize("tiles", [3, 1])
+def test_a_request_cancelled_while_taking_its_leases_hands_them_back(local_ray, gated, tiles):
+    """The cancel lands while the actor call taking the tiles' leases is in flight: the actor
+    grants them all the same; they are handed back, so another request for those tiles fetches
+    them at once instead of waiting out the lease (30 s)."""
+
+    async def scenario():
+        stage, requests, actor = await _fetch_stage(gated.url)
+        requests = requests[:tiles]
+        if tiles > 1:  # every tile's lease in one call (lease_many), then the fetches
+            leasing = asyncio.ensure_future(stage._gather(requests))
+        else:  # a lone tile's lease is taken by the call that fetches it
+            leasing = asyncio.ensure_future(stage.cache.get_or_fetch(requests[0].key, _never))
+        await asyncio.sleep(0)  # it has asked the actor for the leases and awaits the answer
+        leasing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leasing
+
+        async def stats():
+            s = await actor.stats.remote()
+            return s["misses"] == tiles and s["in_flight"] == 0, s
+
+        after = await _until(stats)
+        assert after["misses"] == tiles, after  # the actor did grant the leases...
+        assert after["in_flight"] == 0, f"leases of a cancelled request still held: {after}"  # ...handed back
+        assert after["failed"] == tiles, after
+        assert gated.tile_requests == 0  # cancelled before any fetch began
+        assert await actor.lease.remote(requests[0].key) == ("fetch", None)  # not "wait"
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_completes_hands_no_lease_back(local_ray, gated):
+    """The request keeps its leases while it fetches (others wait on it), then publishes the tiles."""
+
+    async def scenario():
+        stage, requests, actor = await _fetch_stage(gated.url)
+        gathering = asyncio.ensure_future(stage._gather(requests))
+
+        async def fetching():
+            return gated.tile_requests == len(NPIX), gated.tile_requests
+
+        assert await _until(fetching) == len(NPIX)  # every fetch began and waits on the upstream
+        held = await actor.stats.remote()
+        assert held["in_flight"] == len(NPIX) and held["failed"] == 0, held
+        assert await actor.lease.remote(requests[0].key) == ("wait", None)  # still ours
+        gated.gate.set()
+        results = await gathering
+        assert [outcome for _, outcome in results] == [TileOutcome.FETCHED] * len(NPIX), results
+        done = await actor.stats.remote()
+        assert done["in_flight"] == 0 and done["puts"] == len(NPIX) and done["failed"] == 0, done
+        assert (await actor.lease.remote(requests[1].key))[0] == "hit"
+
+    asyncio.run(scenario())
