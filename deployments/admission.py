@@ -276,7 +276,7 @@ class AdmissionControl:
         self.headroom, self.saturated_in_flight = headroom, saturated_in_flight
         self.max_retry_after_s = max_retry_after_s
         self._capacity: float | None = None  # the last rate measured with a queue [Mpx/s]
-        self._refusals: deque[float] = deque()  # times of the refusals in the last window
+        self._next_place = 0.0  # when the next refused request is told to come back (monotonic) [s]
         self._random = random.Random(seed)
         self.typical_work: float | None = None  # EWMA of admitted renders' work [Mpx]
         self.bias = 1.0  # EWMA of (actual time / estimate) of admitted renders: the estimate's calibration
@@ -407,22 +407,22 @@ class AdmissionControl:
         return Decision(False, estimate, remaining_s, retry, self.ahead_work, basis)
 
     def _retry_after(self, excess_s: float, work: float, now: float) -> int:
-        """Whole seconds until a refused request of ``work`` Mpx likely finds a place (counts the refusal).
+        """Whole seconds until a refused request of ``work`` Mpx likely finds a place.
 
-        At least ``excess_s`` (the work ahead must drain that much); with more refusals per
-        second than renders of this size complete, long enough to spread the retries over the
-        completions. Rounded at random between the neighbouring whole seconds.
+        At least ``excess_s`` (the work ahead must drain that much) and a second. The refused
+        are given places one completion apart, in the order refused: they come back at the rate
+        renders of this size complete instead of all at once (a wave that would be refused
+        again, and would hold the ingress and Serve's proxy while health probes wait). Rounded
+        at random between the neighbouring whole seconds; at most ``max_retry_after_s``.
         """
-        while self._refusals and self._refusals[0] < now - self.window_s:
-            self._refusals.popleft()
-        self._refusals.append(now)
         rate, _ = self.throughput(now)
         if rate <= 0:
             rate, _ = self._model_rate(now)
         completions_per_s = rate / max(work, MIN_WORK) if math.isfinite(rate) and rate > 0 else 0.0
-        refusals_per_s = len(self._refusals) / self.window_s
-        spread_s = refusals_per_s / completions_per_s if completions_per_s > 0 else 0.0
-        wait_s = min(max(excess_s, spread_s, 1.0), self.max_retry_after_s)
+        place = max(now + max(excess_s, 1.0), self._next_place)
+        if completions_per_s > 0:
+            self._next_place = place + 1.0 / completions_per_s
+        wait_s = min(place - now, self.max_retry_after_s)
         whole = math.floor(wait_s)
         return max(1, whole + (1 if self._random.random() < wait_s - whole else 0))
 

@@ -170,7 +170,11 @@ class OverloadConfig(BaseModel):
         "errors of the wait estimate",
     )
     compute_niceness: int = Field(
-        5, ge=0, le=19, description="CPU niceness of compose and encode, so refusals and health get the cores"
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness of compose and encode, so refusals and health get the cores "
+        "(with Ray's workers started at 0: RAY_worker_niceness)",
     )
 
     @model_validator(mode="after")

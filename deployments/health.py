@@ -21,7 +21,7 @@ from .errors import message_of, unwrap
 from .services import Services, ServicesDep
 from .telemetry import observe_request
 
-__all__ = ["HealthFirst", "prime", "router"]
+__all__ = ["HealthFirst", "keep_fresh", "prime", "router"]
 
 router = APIRouter()
 
@@ -32,6 +32,8 @@ _LIVE_WAIT_S = 0.05
 #: while a fresh one is asked for in the background, up to `_STALE_S`.
 _FRESH_S = 1.0
 _STALE_S = 10.0
+#: How often every question is asked again in the background (`keep_fresh`) [s].
+_KEEP_S = 4.0
 
 
 class _LastAnswers:
@@ -55,7 +57,7 @@ class _LastAnswers:
         age = time.monotonic() - last[0] if last is not None else math.inf
         if age < _FRESH_S:
             return self._aged(key)
-        task = self._refresh(key, ask, timeout_s, fallback)
+        task = self.refresh(key, ask, timeout_s, fallback)
         if age < _STALE_S:
             return self._aged(key)
         done, _ = await asyncio.wait({task}, timeout=_LIVE_WAIT_S)
@@ -65,7 +67,7 @@ class _LastAnswers:
             return self._aged(key)
         return await task  # nothing known yet: wait for the first answer
 
-    def _refresh(self, key: str, ask, timeout_s: float, fallback) -> asyncio.Task:
+    def refresh(self, key: str, ask, timeout_s: float, fallback) -> asyncio.Task:
         task = self._pending.get(key)
         if task is None or task.done():
             task = asyncio.ensure_future(self._ask(key, ask, timeout_s, fallback))
@@ -88,18 +90,35 @@ class _LastAnswers:
 _answers = _LastAnswers()
 
 
+def _questions(svc: Services) -> dict[str, tuple[Any, Any]]:
+    """Every health question to a stage: key -> (ask, fallback on failure)."""
+    questions: dict[str, tuple[Any, Any]] = {
+        "compose": (
+            lambda: _as_coroutine(svc.compose.info.remote()),
+            lambda exc: {"backend": "unknown", "detail": str(exc)},
+        ),
+        "cache": (lambda: _as_coroutine(svc.fetch.cache_stats.remote()), lambda exc: {"error": str(exc)}),
+    }
+    for cfg in svc.config.surveys:
+        if not cfg.is_local:
+            questions[f"probe {cfg.url}"] = (
+                lambda url=cfg.url: _as_coroutine(svc.fetch.probe.remote(url)),
+                lambda exc: (False, f"probe failed: {message_of(unwrap(exc))}"),
+            )
+    return questions
+
+
+async def _ask(svc: Services, key: str, live: bool = False) -> Any:
+    ask, fallback = _questions(svc)[key]
+    return await _answers.get(key, ask, _stage_timeout(svc), fallback, live)
+
+
 async def _probe(svc: Services, cfg: SurveyConfig, live: bool = False) -> tuple[bool, str]:
     """Is the survey's ``properties`` readable (a local file, or upstream's through the fetch stage)?"""
     if cfg.is_local:
         ok = Path(cfg.url, "properties").is_file()
         return ok, "local directory" if ok else f"{cfg.url}/properties missing"
-    ok, detail = await _answers.get(
-        f"probe {cfg.url}",
-        lambda: _as_coroutine(svc.fetch.probe.remote(cfg.url)),
-        _stage_timeout(svc),
-        lambda exc: (False, f"probe failed: {message_of(unwrap(exc))}"),
-        live,
-    )
+    ok, detail = await _ask(svc, f"probe {cfg.url}", live)
     return ok, detail
 
 
@@ -107,32 +126,25 @@ async def _as_coroutine(response) -> Any:
     return await response
 
 
-async def _compose_info(svc: Services, live: bool = False) -> dict[str, Any]:
-    return await _answers.get(
-        "compose",
-        lambda: _as_coroutine(svc.compose.info.remote()),
-        _stage_timeout(svc),
-        lambda exc: {"backend": "unknown", "detail": str(exc)},
-        live,
-    )
-
-
-async def _cache_stats(svc: Services, live: bool = False) -> dict[str, Any]:
-    return await _answers.get(
-        "cache",
-        lambda: _as_coroutine(svc.fetch.cache_stats.remote()),
-        _stage_timeout(svc),
-        lambda exc: {"error": str(exc)},
-        live,
-    )
-
-
 async def prime(svc: Services) -> None:
     """Ask every health question once (at start-up), so that ``/healthz`` always has a last
     answer to report and never waits for a stage busy with renders."""
-    await asyncio.gather(
-        _compose_info(svc), _cache_stats(svc), *(_probe(svc, cfg) for cfg in svc.config.surveys)
-    )
+    await asyncio.gather(*(_ask(svc, key) for key in _questions(svc)))
+
+
+async def keep_fresh(svc: Services, period_s: float = _KEEP_S) -> None:
+    """Ask every health question again every ``period_s`` in the background (runs until cancelled).
+
+    Probes may come seldom (Kubernetes: every 10 s): the answers they find (``/healthz``'s and
+    ``/readyz``'s) must still be younger than `_STALE_S`, or the probe would wait for a stage, or
+    Serve's controller, busy with renders.
+    """
+    timeout_s = _stage_timeout(svc)
+    while True:
+        await asyncio.sleep(period_s)
+        for key, (ask, fallback) in _questions(svc).items():
+            _answers.refresh(key, ask, timeout_s, fallback)
+        svc.readiness.refresh(timeout_s)
 
 
 def _stage_timeout(svc: Services) -> float:
@@ -194,8 +206,8 @@ async def healthz(svc: ServicesDep, request: Request) -> JSONResponse:
         for cfg, (ok, detail) in zip(surveys_cfg, checks, strict=True)
     }
     # Compose still starting or busy: report what is known, do not fail health for it.
-    compose = await _compose_info(svc, live)
-    cache = await _cache_stats(svc, live)
+    compose = await _ask(svc, "compose", live)
+    cache = await _ask(svc, "cache", live)
     cache_cfg = svc.config.cache
     disk: dict[str, Any] = {"directory": cache_cfg.disk_dir}
     try:
@@ -249,6 +261,8 @@ class HealthFirst:
             return
         start = time.perf_counter()
         response = await handler(services, Request(scope, receive))
+        # How long it took in here: under overload, the rest of a probe's time is Serve's proxy.
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1e3:.1f}"
         await response(scope, receive, send)
         observe_request(scope["path"], response.status_code, time.perf_counter() - start)
 

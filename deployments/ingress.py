@@ -10,6 +10,7 @@ that and every stage are done.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -78,6 +79,11 @@ class Ingress:
         log.info("survey catalogue loaded: %s", svc.readiness.timeline)
         await health.prime(svc)
         svc.readiness.mark("health_primed")
+        self._health = asyncio.get_running_loop().create_task(health.keep_fresh(svc))
+        # Everything built so far (FastAPI, pydantic, astropy, the catalogue) lives as long as the
+        # replica: out of the collector's sight, a full collection no longer walks it. Under
+        # overload those walks held this event loop (refusals, health probes) for 50-150 ms.
+        gc.freeze()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app this replica serves."""

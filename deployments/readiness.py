@@ -61,11 +61,16 @@ class Readiness:
         now = time.monotonic()
         if self._cached is not None and now - self._cached[0] < _STATUS_TTL_S:
             return self._cached[1]
-        if self._refresh is None or self._refresh.done():
-            self._refresh = asyncio.ensure_future(self._ask(timeout_s))
+        self.refresh(timeout_s)
         if self._cached is not None and now - self._cached[0] < _STATUS_STALE_S:
             return self._cached[1]
         return await asyncio.shield(self._refresh)
+
+    def refresh(self, timeout_s: float) -> asyncio.Task:
+        """Ask the controller again in the background (unless a question is under way)."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._ask(timeout_s))
+        return self._refresh
 
     async def _ask(self, timeout_s: float) -> StagesStatus:
         asked = time.monotonic()

@@ -337,7 +337,12 @@ def test_only_cluster_overrides_differ(rayservice):
     assert [d["name"] for d in capp["deployments"]] == [d["name"] for d in lapp["deployments"]]
     for local_dep in lapp["deployments"]:
         cluster_dep = _deployment(cluster, local_dep["name"])
-        assert cluster_dep["max_ongoing_requests"] == local_dep["max_ongoing_requests"]
+        if local_dep["name"] == "Encode":
+            # On the cluster each request held pulls its image into the cpu pod's object store:
+            # the store's budget bounds it there (k8s/cluster-overrides.yaml).
+            assert cluster_dep["max_ongoing_requests"] <= local_dep["max_ongoing_requests"]
+        else:
+            assert cluster_dep["max_ongoing_requests"] == local_dep["max_ongoing_requests"]
         assert (
             cluster_dep["autoscaling_config"]["max_replicas"]
             > local_dep["autoscaling_config"]["max_replicas"]

@@ -88,7 +88,7 @@ class ServeApp:
         # The nodes get Serve's settings the application gives its replicas (as k8s/ sets them on
         # the pods), so that the proxies started here run like the cluster's.
         for name, value in app.get("runtime_env", {}).get("env_vars", {}).items():
-            if name.startswith("RAY_SERVE_"):
+            if name.startswith("RAY_SERVE_") or name == "RAY_worker_niceness":
                 os.environ.setdefault(name, str(value))
         init_kwargs: dict[str, Any] = {
             "num_cpus": 4,  # logical CPUs: fractional replicas fit; the machine has 2 cores

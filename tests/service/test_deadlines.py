@@ -240,7 +240,7 @@ def test_retry_after_spreads_the_refused_over_the_completions():
     first = ac.decide(1.0, 4.0, now=0.0)
     assert not first.admit and first.retry_after_s == 1  # 0.1 s over: at least a second
     advised = [ac.decide(1.0, 4.0, now=0.0).retry_after_s for _ in range(40)]
-    # 41 refusals in a 2 s window = 20.5/s against 2 completions/s: ~10 s (the cap).
+    # Places one completion (0.5 s) apart: the 41st refusal's is 1 + 40 x 0.5 = 21 s away: the cap.
     assert advised[-1] == 10 and all(1 <= a <= 10 for a in advised)
     assert sorted(advised) == advised or len(set(advised)) > 2  # it grows with the refusals
 
