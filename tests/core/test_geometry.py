@@ -9,7 +9,7 @@ import pytest
 from astropy.wcs import WCS
 
 from skyrender.errors import GeometryError, SkyRenderError
-from skyrender.geometry import geometry_from_header, make_geometry
+from skyrender.geometry import geometry_from_header, keywords_of_cards, make_geometry
 
 
 def test_tan_field_is_centred_north_up_east_left():
@@ -44,6 +44,50 @@ def test_galactic_frame_header():
     assert h["NAXIS1"] == 64 and g.frame == "galactic"
     kw = g.wcs_keywords()
     assert kw["CRVAL1"] == 0 and isinstance(kw["CDELT1"], float)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (266.4, -28.9, 2.0, 512, 512, "TAN"),
+        (10.0, 89.9, 1.0, 300, 200, "SIN", 30.0),
+        (0.0, 0.0, 360.0, 1024, 512, "AIT", 0.0, "galactic"),
+        (83.8, -5.4, 0.5, 1024, 768, "TAN", 0.0, "icrs"),
+        (123.456789, -12.3456789, 7.77, 333, 222, "STG", -45.0, "fk5"),
+        (0.0, -90.0, 180.0, 800, 400, "MOL", 0.0, "ecliptic"),
+        (359.999, 0.001, 60.0, 640, 480, "CAR", 90.0, "galactic"),
+    ],
+)
+def test_wcs_keywords_read_from_the_cards_equal_astropys_header(args):
+    """The keywords read from wcslib's cards are astropy's WCS.to_header(), value, type and order."""
+    g = make_geometry(*args)
+    fast, ref = g.wcs_keywords(), g._wcs_keywords_by_astropy()
+    assert fast == ref and list(fast) == list(ref)
+    assert [type(v) for v in fast.values()] == [type(v) for v in ref.values()]
+
+
+def test_keywords_of_cards_reads_each_kind_of_value():
+    cards = "".join(
+        f"{c:80}"
+        for c in (
+            "CTYPE1  = 'RA---TAN'           / Right ascension",
+            "OBJECT  = 'O''Brien  '         / a quote inside, blanks after",
+            "LOGIC   =                    T / logical",
+            "NAXIS1  =                  512",
+            "CDELT1  =     -0.0033333333333 / [deg]",
+            "BIG     =           1.5D+03",
+            "COMMENT no value here",
+            "",
+        )
+    )
+    assert keywords_of_cards(cards) == {
+        "CTYPE1": "RA---TAN",
+        "OBJECT": "O'Brien",
+        "LOGIC": True,
+        "NAXIS1": 512,
+        "CDELT1": -0.0033333333333,
+        "BIG": 1500.0,
+    }
 
 
 @pytest.mark.parametrize(
