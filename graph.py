@@ -19,6 +19,7 @@ from deployments.compose_stage import Compose
 from deployments.config import AppConfig, default_sample_dir
 from deployments.encode_stage import Encode
 from deployments.fetch_stage import TileFetch
+from deployments.health_endpoint import HealthEndpoint
 from deployments.ingress import Ingress
 
 log = logging.getLogger("ray.serve")
@@ -65,3 +66,16 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     compose = deployment(Compose).bind(plain)
     encode = deployment(Encode).bind(plain)
     return deployment(Ingress).bind(fetch, compose, encode, plain)
+
+
+def build_health_app(args: dict[str, Any] | None = None) -> Application:
+    """A probe route answered outside the ingress (`deployments.health_endpoint`).
+
+    ``args``: ``path`` (``/healthz`` or ``/readyz``, the application's ``route_prefix``),
+    ``app`` (the rendering application's name), and optionally ``period_s``, ``max_age_s``.
+    """
+    args = dict(args or {})
+    path = args.pop("path", None)
+    if path not in ("/healthz", "/readyz"):
+        raise ValueError(f"health application: args.path must be /healthz or /readyz, not {path!r}")
+    return HealthEndpoint.bind(path, **args)

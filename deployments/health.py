@@ -198,6 +198,11 @@ async def healthz(svc: ServicesDep, request: Request) -> JSONResponse:
     asks every stage now and waits for the answers.
     """
     live = "no-cache" in request.headers.get("cache-control", "").lower()
+    return await healthz_answer(svc, live)
+
+
+async def healthz_answer(svc: Services, live: bool = False) -> JSONResponse:
+    """``/healthz``'s answer (see `healthz`); ``live``: ask every stage now and wait."""
     surveys_cfg = svc.config.surveys
     # One after the other: an answer already known returns without a turn of the event loop.
     checks = [await _probe(svc, cfg, live) for cfg in surveys_cfg]
@@ -276,3 +281,20 @@ async def _readyz(svc: Services, request: Request) -> JSONResponse:
 
 
 _FAST = {"/livez": _livez, "/readyz": _readyz, "/healthz": healthz}
+
+
+async def answer(svc: Services, path: str, live: bool = False) -> tuple[int, bytes, dict[str, str]]:
+    """``/healthz`` or ``/readyz`` as answered now: (status, JSON body, headers).
+
+    For the health applications (`deployments.health_endpoint`), which answer probes from
+    their own process with the latest of these, so that a probe never waits for this replica's
+    event loop, busy with renders under overload.
+    """
+    if path == "/healthz":
+        response = await healthz_answer(svc, live)
+    elif path == "/readyz":
+        response = await readyz(svc)
+    else:
+        raise ValueError(f"no health answer for {path!r}")
+    headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+    return response.status_code, bytes(response.body), headers

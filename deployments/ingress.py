@@ -85,6 +85,10 @@ class Ingress:
         # overload those walks held this event loop (refusals, health probes) for 50-150 ms.
         gc.freeze()
 
+    async def health_answer(self, path: str, live: bool = False) -> tuple[int, bytes, dict[str, str]]:
+        """``/healthz`` or ``/readyz`` as this replica answers it now (see `health.answer`)."""
+        return await health.answer(self.services, path, live)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app this replica serves."""
         return create_app(self.services)

@@ -100,8 +100,15 @@ def validate(config: dict[str, Any]) -> None:
         from deployments.config import AppConfig
     finally:
         sys.path.remove(str(ROOT))
+    names = {app["name"] for app in config["applications"]}
     for app in config["applications"]:
-        AppConfig.model_validate(app.get("args") or {})
+        args = app.get("args") or {}
+        if app.get("import_path") == "graph:build_health_app":  # a probe route (health_endpoint.py)
+            unknown = set(args) - {"path", "app", "ingress", "period_s", "max_age_s", "timeout_s"}
+            if unknown or args.get("path") != app.get("route_prefix") or args.get("app") not in names:
+                raise ValueError(f"health application {app['name']}: bad args {args}")
+            continue
+        AppConfig.model_validate(args)
 
 
 def serve_config_for_cluster() -> dict[str, Any]:
