@@ -187,3 +187,23 @@ def test_shed_requests_queue_waits_and_misses_are_in_the_metrics(served):
             break
         time.sleep(2)
     assert not unmet, f"{unmet}; have {sorted(k for k in series if 'skyrender' in k)}"
+
+
+def test_probes_are_answered_by_the_health_applications(served):
+    """/healthz and /readyz come from their own applications (HealthEndpoint: the ingress's latest
+    answer, with its Age), with the ingress's methods; no-cache asks the ingress now."""
+    app = served[0]
+    for path in ("/healthz", "/readyz"):
+        r = app.client.get(path)
+        assert r.status_code == 200, r.text
+        assert int(r.headers["age"]) <= 10 and r.headers["server-timing"].startswith("app;dur=")
+        assert app.client.get(path, headers={"Cache-Control": "no-cache"}).headers["age"] == "0"
+        head = app.client.head(path)
+        assert head.status_code == 200 and head.content == b""
+        options = app.client.options(path)
+        assert options.status_code == 204 and options.headers["allow"] == "GET, HEAD, OPTIONS"
+        wrong = app.client.post(path)
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD, OPTIONS"
+        assert app.client.get(f"{path}/more").status_code == 404
+    # /livez stays the ingress's own (liveness of its event loop): no Age.
+    assert "age" not in app.client.get("/livez").headers
