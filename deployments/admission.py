@@ -419,7 +419,9 @@ class AdmissionControl:
         if rate <= 0:
             rate, _ = self._model_rate(now)
         completions_per_s = rate / max(work, MIN_WORK) if math.isfinite(rate) and rate > 0 else 0.0
-        place = max(now + max(excess_s, 1.0), self._next_place)
+        # The first place no later than half the cap: at a burst's start the measured rate lags
+        # and the excess can exceed the cap, which gave every refusal the cap (one wave).
+        place = max(now + min(max(excess_s, 1.0), self.max_retry_after_s / 2), self._next_place)
         if completions_per_s > 0:
             self._next_place = place + 1.0 / completions_per_s
         wait_s = min(place - now, self.max_retry_after_s)
