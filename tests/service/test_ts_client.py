@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -54,6 +55,11 @@ def app(upstream):
         "overload": SLOW_MACHINE_DEADLINES,
     }
     served = ServeApp(args)
+    # RUNNING is not ready: the survey catalogue loads in the background after the replicas
+    # start, and the example checks that /readyz says 200 first.
+    until = time.monotonic() + 120
+    while served.client.get("/readyz").status_code != 200 and time.monotonic() < until:
+        time.sleep(0.5)
     yield served
     served.close()
 
