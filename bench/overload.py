@@ -69,6 +69,14 @@ class Phase:
     started: float = 0.0  # time.perf_counter() at the phase's start
     client_cpu_s: float = 0.0  # CPU time the load generator (this process) spent [s]
     cpu_by_role: dict[str, float] = field(default_factory=dict)  # CPU of every process of the cluster [s]
+    # (s into the phase, lag [s]) of the load generator's own event loop
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)
+
+    def lag_during(self, start: float, seconds: float) -> float:
+        """The load generator's own longest event-loop lag while a request was out [s]: time
+        that its measured latency owes to the client, not to the service."""
+        end = start + seconds
+        return max((lag for at, lag in self.loop_lag if at >= start and at - lag <= end), default=0.0)
 
     def by_status(self) -> dict[int, list[Outcome]]:
         out: dict[int, list[Outcome]] = {}
@@ -108,6 +116,16 @@ async def _client(http: httpx.AsyncClient, stop_at: float, phase: Phase, rng: np
             await asyncio.sleep(0.1)  # no advice: a short pause, as a polite client does
 
 
+async def _watch_loop(phase: Phase, stop_at: float, tick_s: float = 0.005) -> None:
+    """Record the load generator's event-loop lags over 10 ms (its own GC, parsing a burst of answers)."""
+    while time.perf_counter() < stop_at:
+        asked = time.perf_counter()
+        await asyncio.sleep(tick_s)
+        now = time.perf_counter()
+        if now - asked - tick_s > 0.01:
+            phase.loop_lag.append((now - phase.started, now - asked - tick_s))
+
+
 async def _run(url: str, clients: int, seconds: float, body: dict, seed: int) -> Phase:
     phase = Phase(clients, seconds)
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
@@ -116,7 +134,9 @@ async def _run(url: str, clients: int, seconds: float, body: dict, seed: int) ->
         cpu0 = time.process_time()
         start = phase.started = time.perf_counter()
         rngs = [np.random.default_rng(seed + i) for i in range(clients)]
+        watch = asyncio.create_task(_watch_loop(phase, start + seconds))
         await asyncio.gather(*(_client(http, start + seconds, phase, rngs[i], body) for i in range(clients)))
+        await watch
         phase.elapsed = time.perf_counter() - start  # until the last answer: late ones count against us
         phase.client_cpu_s = time.process_time() - cpu0
         phase.cpu_by_role = proc_cpu.cpu_by_role(before, proc_cpu.snapshot())
@@ -217,6 +237,13 @@ def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: flo
     if slow:
         print(f"    over 100 ms: {len(slow)}, sent at (s into the phase) "
               + ", ".join(f"{at:.1f}" for at, _ in slow[:40]))  # fmt: skip
+        lags = [overload.lag_during(at, secs) for at, secs in slow]
+        print(f"      the load generator's own event loop lagged during them: max {max(lags) * 1e3:.0f} ms, "
+              f"p50 {ms(lags, 50):.0f} ms")  # fmt: skip
+    if overload.loop_lag:
+        lags = [lag for _, lag in overload.loop_lag]
+        print(f"    load generator's event-loop lags over 10 ms: {len(lags)}, max {max(lags) * 1e3:.0f} ms, "
+              f"total {sum(lags):.2f} s")  # fmt: skip
     inside = [o.app_s for o in refusals if o.app_s is not None]
     if inside:
         print(f"    of which inside the ingress (Server-Timing app): p50 {ms(inside, 50):.1f} ms, "
@@ -270,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survey", default=None, help="survey to render (with --url; default: its first)")
     parser.add_argument("--clients", type=int, default=96)
     parser.add_argument("--seconds", type=float, default=None, help="length of the overload phase")
+    parser.add_argument(
+        "--deployments",
+        type=json.loads,
+        default=None,
+        help="settings over serve_config.yaml's, by deployment (JSON), "
+        'e.g. \'{"Ingress": {"max_ongoing_requests": 100}}\'',
+    )
     args = parser.parse_args(argv)
     cap_s, over_s = (6.0, 12.0) if args.short else (15.0, 30.0)
     over_s = args.seconds or over_s
@@ -282,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream = StaticHips(HIPS)
         survey = "dss2-red"
         app = ServeApp({"surveys": [{"name": survey, "url": f"{upstream.url}/cds-dss2-red"}],
-                        "build_sample_survey": False})  # fmt: skip
+                        "build_sample_survey": False}, deployments=args.deployments)  # fmt: skip
         url = app.url
     body = {"fovDeg": 2.0, "width": 512, "height": 512, "format": "png"}
     if survey:

@@ -169,7 +169,8 @@ class Decision:
     retry_after_s : int
         When refused: whole seconds until the work ahead has drained enough.
     ahead_work : float
-        Work admitted and not finished at this ingress [Mpx].
+        Work admitted and not finished at this ingress, with the work held for requests let
+        in on arrival and not yet at their routes [Mpx].
     basis : str
         What the estimate rests on: ``measured`` (the completion rate), the bottleneck stage
         (the stages' model), or "" (nothing measured yet).
@@ -242,6 +243,9 @@ class AdmissionControl:
         Fraction of a request's time before its deadline kept free at admission for errors of
         the estimate (a burst's own connections slow the service a little): the stages drop
         what is late, which wastes the work done for it.
+    arrival_slack : float
+        Fraction of a request's time before its deadline kept free on arrival beyond
+        ``headroom`` (see `refuse_typical`).
     saturated_in_flight : int
         A measured rate is remembered as the capacity only with this many renders in flight.
     max_retry_after_s : float
@@ -260,6 +264,7 @@ class AdmissionControl:
         min_completions: int = 4,
         model_min_in_flight: int = 8,
         headroom: float = 0.0,
+        arrival_slack: float = 0.05,
         saturated_in_flight: int = 4,
         max_retry_after_s: float = 10.0,
         seed: int | None = None,
@@ -271,9 +276,12 @@ class AdmissionControl:
         self.model_min_in_flight = model_min_in_flight
         self.ahead_work = 0.0
         self.in_flight = 0
+        self.held_work = 0.0  # work of requests let in on arrival, not yet at their route [Mpx]
+        self.held = 0  # how many such requests
         self._busy_since: float | None = None  # when in_flight last went from 0 to 1
         self._completions: deque[tuple[float, float]] = deque()  # (time, work) of completed renders
         self.headroom, self.saturated_in_flight = headroom, saturated_in_flight
+        self.arrival_slack = arrival_slack
         self.max_retry_after_s = max_retry_after_s
         self._capacity: float | None = None  # the last rate measured with a queue [Mpx/s]
         self._next_place = 0.0  # when the next refused request is told to come back (monotonic) [s]
@@ -343,19 +351,20 @@ class AdmissionControl:
 
         The second item is ``measured`` (the completion rate), ``capacity`` (the last rate
         measured with a queue), the bottleneck stage's name (the model), or "" (nothing
-        measured yet: 0 s).
+        measured yet: 0 s). The work ahead includes the requests held on arrival (`hold`).
         """
         now = time.monotonic() if now is None else now
         crossing = sum(stage.latency for stage in self.stages.values()) * max(work, 0.0)
+        ahead = self.ahead_work + self.held_work
         rate, basis = self.throughput(now)
         if rate > 0:
-            return max(self.bias * (self.ahead_work + work) / rate, crossing), basis
+            return max(self.bias * (ahead + work) / rate, crossing), basis
         model, bottleneck = self._model_rate(now)
         if not bottleneck:
             return 0.0, ""
         # Half the modelled rate: it was measured under other loads (a burst of connections costs
         # the cores too), and over-admitting a burst costs more than refusing a little early.
-        return self.ahead_work / (0.5 * model) + crossing, bottleneck
+        return ahead / (0.5 * model) + crossing, bottleneck
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -363,7 +372,7 @@ class AdmissionControl:
         """Admit (and count) ``work`` megapixels with ``remaining_s`` before their deadline, or refuse."""
         now = time.monotonic() if now is None else now
         estimate, basis = self.estimate(work, now)
-        ahead = self.ahead_work
+        ahead = self.ahead_work + self.held_work
         if remaining_s <= 0:
             return Decision(False, estimate, remaining_s, 1, ahead, basis)
         # With nothing in flight the request is admitted whatever the (possibly stale) estimate
@@ -382,6 +391,22 @@ class AdmissionControl:
         self.typical_work = work if typical is None else typical + 0.1 * (work - typical)
         return Decision(True, estimate, remaining_s, 0, ahead, basis)
 
+    def hold(self, work: float) -> None:
+        """Count ``work`` Mpx ahead for a request let in on arrival, until it reaches its route.
+
+        Requests arriving together in a burst are all checked on arrival before any of them
+        is admitted at its route: without the hold each would see the same queue, all would
+        pass, and most would then be refused at their routes, after their bodies were read
+        (tens of milliseconds more per refusal under load). Undo with `unhold`.
+        """
+        self.held_work += work
+        self.held += 1
+
+    def unhold(self, work: float) -> None:
+        """The held request reached its route's admission, or ended before it."""
+        self.held = max(self.held - 1, 0)
+        self.held_work = max(self.held_work - work, 0.0) if self.held else 0.0  # no drift from float sums
+
     def observe_route_delay(self, seconds: float) -> None:
         """A request reached its route's admission ``seconds`` after it arrived (reading and parsing
         its body, waiting for the event loop: under overload, a good part of its time)."""
@@ -393,6 +418,13 @@ class AdmissionControl:
         For refusing on arrival, before a request's size is read: a render the size of
         those admitted lately that would be refused, once it has also waited the usual time
         to reach its route. None before any admission.
+
+        Stricter than `decide` by ``arrival_slack``: under overload the work in flight stays at
+        the admission threshold, so every arrival is borderline; with the same threshold at
+        both checks, the moments lost reaching the route would refuse there many requests let
+        in here, each after its body was read (the slow kind of refusal). The requests held
+        (`hold`) count as in flight: a burst's first arrivals do not all pass as into an idle
+        service.
         """
         if self.typical_work is None:
             return None
@@ -400,11 +432,11 @@ class AdmissionControl:
         estimate, basis = self.estimate(self.typical_work, now)
         estimate += self.route_delay_s
         floor = 1 if basis in ("measured", "capacity") else self.model_min_in_flight
-        usable_s = (1.0 - self.headroom) * remaining_s - self.margin_s
-        if remaining_s > 0 and (estimate <= usable_s or self.in_flight < floor):
+        usable_s = (1.0 - self.headroom - self.arrival_slack) * remaining_s - self.margin_s
+        if remaining_s > 0 and (estimate <= usable_s or self.in_flight + self.held < floor):
             return None
         retry = 1 if remaining_s <= 0 else self._retry_after(estimate - usable_s, self.typical_work, now)
-        return Decision(False, estimate, remaining_s, retry, self.ahead_work, basis)
+        return Decision(False, estimate, remaining_s, retry, self.ahead_work + self.held_work, basis)
 
     def _retry_after(self, excess_s: float, work: float, now: float) -> int:
         """Whole seconds until a refused request of ``work`` Mpx likely finds a place.

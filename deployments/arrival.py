@@ -4,7 +4,8 @@ When even a render of the size admitted lately would miss its deadline, a reques
 endpoint gets its 503 + ``Retry-After`` from the headers alone: no body fetched from Serve's
 proxy, no validation, no routing. Under overload most requests are refused, and each refusal
 must cost the ingress next to nothing so that the renders admitted (and health probes) keep
-the cores. Requests that pass go on to the route, whose admission decides with their size.
+the cores. Requests that pass go on to the route, whose admission decides with their size; until then
+their place is held, so that requests arriving together see each other.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from .deadline import InvalidDeadline
+from .deadline import InvalidDeadline, Shed
 from .errors import error_response
 from .request_context import serve_request_id
 from .telemetry import observe_request
@@ -63,8 +64,16 @@ class ShedOnArrival:
             await self.app(scope, receive, send)
             return
         shed = gate.refuse_on_arrival(deadline)
-        if shed is None:
-            await self.app(scope, receive, send)
+        if not isinstance(shed, Shed):
+            if shed is None:
+                await self.app(scope, receive, send)
+                return
+            # Let in: its place is held until its route admits it (or it ends before that).
+            scope.setdefault("state", {})["arrival_hold"] = shed
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                gate.release(shed)
             return
         request_id = (headers.get("x-request-id") or serve_request_id() or "")[:128]
         record = gate.record_shed(request_id, scope["path"], shed, deadline)

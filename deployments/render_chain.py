@@ -141,7 +141,8 @@ class RenderChain:
         try:
             arrived_at = getattr(request.state, "arrived_at", None)
             waited = time.time() - arrived_at if arrived_at is not None else None
-            admitted = self.gate.admit(request.state.request_id, deadline, width, height, waited)
+            hold = getattr(request.state, "arrival_hold", None)
+            admitted = self.gate.admit(request.state.request_id, deadline, width, height, waited, hold)
         except Shed as shed:
             raise self._shed(request, shed, deadline) from None
         request.state.admitted = admitted

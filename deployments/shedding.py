@@ -23,7 +23,15 @@ from .config import OverloadConfig
 from .deadline import Budget, Deadline, Shed, deadline_from_headers
 from .telemetry import observe_estimate, observe_late_answer, observe_queue_wait, observe_shed
 
-__all__ = ["AdmissionGate", "Admitted", "StageGuard", "StageRun", "shed_from_backpressure", "yield_cpu"]
+__all__ = [
+    "AdmissionGate",
+    "Admitted",
+    "ArrivalHold",
+    "StageGuard",
+    "StageRun",
+    "shed_from_backpressure",
+    "yield_cpu",
+]
 
 log = logging.getLogger("ray.serve")
 shed_log = logging.getLogger("ray.serve.skyrender.shed")
@@ -126,6 +134,15 @@ def shed_from_backpressure(exc: BaseException, estimate_s: float, remaining_s: f
 
 
 @dataclass
+class ArrivalHold:
+    """The place counted for a request let in on arrival until its route admits it
+    (`AdmissionGate.refuse_on_arrival`, `AdmissionGate.release`)."""
+
+    work: float  # [Mpx]
+    released: bool = False
+
+
+@dataclass
 class Admitted:
     """A render the gate let in: hand ``budget`` to the stages, then call `AdmissionGate.finish`."""
 
@@ -160,13 +177,22 @@ class AdmissionGate:
         return deadline_from_headers(headers, default, self.config.max_deadline_s, arrived_at)
 
     def admit(
-        self, request_id: str, deadline: Deadline, width: int, height: int, waited_s: float | None = None
+        self,
+        request_id: str,
+        deadline: Deadline,
+        width: int,
+        height: int,
+        waited_s: float | None = None,
+        hold: ArrivalHold | None = None,
     ) -> Admitted:
         """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``).
 
         ``waited_s``: how long the request took from its arrival to here [s] (refusals on
-        arrival count on it).
+        arrival count on it). ``hold``: its place held since arrival, released here (the
+        decision counts its own work instead).
         """
+        if hold is not None:
+            self.release(hold)
         if waited_s is not None:
             self.control.observe_route_delay(waited_s)
         work = work_units(width, height)
@@ -186,8 +212,11 @@ class AdmissionGate:
             decision = self.control.decide(work, math.inf)
         return Admitted(request_id, decision, Budget(deadline, work, time.time()))
 
-    def refuse_on_arrival(self, deadline: Deadline) -> Shed | None:
-        """A `Shed` (stage ``arrival``) when a render of the typical size would be refused now, else None.
+    def refuse_on_arrival(self, deadline: Deadline) -> Shed | ArrivalHold | None:
+        """A `Shed` (stage ``arrival``) when a render of the typical size would be refused now;
+        else the `ArrivalHold` counting its place until its route decides (None before any
+        admission, or with admission off). Release the hold with `release` if the request ends
+        before its route's admission.
 
         Decided from the headers alone, before the body is read and parsed: under overload the
         refusals are most requests, and each must cost the ingress next to nothing.
@@ -196,11 +225,21 @@ class AdmissionGate:
             return None
         decision = self.control.refuse_typical(deadline.remaining())
         if decision is None:
-            return None
+            typical = self.control.typical_work
+            if typical is None or not self.config.admission:
+                return None
+            self.control.hold(typical)
+            return ArrivalHold(typical)
         reason = "deadline_passed" if decision.remaining_s <= 0 else "would_miss_deadline"
         shed = Shed("arrival", reason, decision.retry_after_s, decision.estimate_s, decision.remaining_s)
         shed.decision = decision  # type: ignore[attr-defined]  # for the log line
         return shed
+
+    def release(self, hold: ArrivalHold) -> None:
+        """Free a place held on arrival (again: nothing)."""
+        if not hold.released:
+            hold.released = True
+            self.control.unhold(hold.work)
 
     def finish(
         self,

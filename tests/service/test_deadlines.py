@@ -353,3 +353,51 @@ def test_refusal_on_arrival_counts_the_usual_wait_to_reach_the_route():
     refused = ac.refuse_typical(4.0)
     assert refused is not None and refused.estimate_s == pytest.approx(2.0 + 2.5, rel=0.02)
     assert refused.retry_after_s >= 1
+
+
+def test_requests_let_in_on_arrival_hold_their_place_until_their_route():
+    """A burst's requests are checked on arrival before any reaches its route: each must count
+    the ones let in before it, or all pass and most are refused later, after their bodies."""
+    from deployments.config import OverloadConfig
+    from deployments.shedding import AdmissionGate, ArrivalHold
+
+    gate = AdmissionGate(OverloadConfig(headroom=0.0, margin_s=0.1))
+    ac = gate.control
+    ac._capacity = 1.0  # Mpx/s
+    deadline = deadline_from_headers({}, 4.0, 10.0)
+    first = gate.admit("r0", deadline, 1000, 1000)  # typical work 1 Mpx; 1 in flight
+    # On arrival 10 % more is kept free: 0.9 * 4 - 0.1 = 3.5 s usable. (1 ahead + 1 held + 1)
+    # / 1 Mpx/s = 3 s fits; a third would take 4 s: refused.
+    holds = [gate.refuse_on_arrival(deadline) for _ in range(3)]
+    assert [type(h) for h in holds] == [ArrivalHold, ArrivalHold, Shed]
+    assert ac.held == 2 and ac.held_work == pytest.approx(2.0)
+    # The first held reaches its route: its hold becomes its admission (same estimate, admitted).
+    admitted = gate.admit("r1", deadline, 1000, 1000, hold=holds[0])
+    assert admitted.decision.admit and ac.held == 1 and ac.in_flight == 2
+    # The second ends before its route (an invalid body): its place is freed, once.
+    gate.release(holds[1])
+    gate.release(holds[1])
+    assert ac.held == 0 and ac.held_work == 0.0
+    gate.finish(first, completed=True)
+    assert isinstance(gate.refuse_on_arrival(deadline), ArrivalHold)
+    # Admission off: nothing is held (and nothing refused before the deadline).
+    off = AdmissionGate(OverloadConfig(admission=False))
+    off.admit("r", deadline, 1000, 1000)
+    assert off.refuse_on_arrival(deadline) is None and off.control.held == 0
+
+
+def test_a_burst_into_an_idle_service_is_checked_on_arrival_after_its_first_request():
+    """Into an idle service the first arrival passes whatever the estimate; the ones arriving
+    with it, before it reaches its route, count it as in flight and are checked."""
+    ac = AdmissionControl(margin_s=0.1)
+    ac._capacity = 1.0  # Mpx/s, from an earlier burst
+    ac.typical_work = 1.0
+    passed = 0
+    while ac.refuse_typical(4.0) is None:
+        ac.hold(1.0)
+        passed += 1
+    assert passed == 3  # 0.9 * 4 - 0.1 = 3.5 s usable: 1, 2 and 3 s fit, 4 s does not
+    # The route keeps only the headroom (here none): the held reach it and are all admitted.
+    for _ in range(passed):
+        ac.unhold(1.0)
+        assert ac.decide(1.0, 4.0).admit
