@@ -250,6 +250,11 @@ class AdmissionControl:
         A measured rate is remembered as the capacity only with this many renders in flight.
     max_retry_after_s : float
         Longest ``Retry-After`` advised [s].
+    returns_per_slot : int
+        Refused requests told to come back within the same ``return_slot_s`` at most, while
+        a later whole second within ``max_retry_after_s`` has room (see `_retry_after`).
+    return_slot_s : float
+        Width of a return slot [s].
     seed : int or None
         Seed of the random rounding of ``Retry-After`` (tests).
     """
@@ -267,6 +272,8 @@ class AdmissionControl:
         arrival_slack: float = 0.05,
         saturated_in_flight: int = 4,
         max_retry_after_s: float = 10.0,
+        returns_per_slot: int = 2,
+        return_slot_s: float = 0.25,
         seed: int | None = None,
     ):
         self.stages = {name: _Stage() for name in stages}
@@ -285,6 +292,9 @@ class AdmissionControl:
         self.max_retry_after_s = max_retry_after_s
         self._capacity: float | None = None  # the last rate measured with a queue [Mpx/s]
         self._next_place = 0.0  # when the next refused request is told to come back (monotonic) [s]
+        self.returns_per_slot, self.return_slot_s = returns_per_slot, return_slot_s
+        # return slot (monotonic time // return_slot_s) -> refused requests told to come back in it
+        self._returns: dict[int, int] = {}
         self._random = random.Random(seed)
         self.typical_work: float | None = None  # EWMA of admitted renders' work [Mpx]
         self.bias = 1.0  # EWMA of (actual time / estimate) of admitted renders: the estimate's calibration
@@ -446,6 +456,11 @@ class AdmissionControl:
         renders of this size complete instead of all at once (a wave that would be refused
         again, and would hold the ingress and Serve's proxy while health probes wait). Rounded
         at random between the neighbouring whole seconds; at most ``max_retry_after_s``.
+
+        ``Retry-After`` counts whole seconds, so the requests refused within the same moment
+        (a wave of returns, refused together) would come back together again at each whole
+        second, however their places are spread. Each return slot (``return_slot_s``) takes
+        at most ``returns_per_slot`` of them: the wave is spread over the following seconds.
         """
         rate, _ = self.throughput(now)
         if rate <= 0:
@@ -458,7 +473,22 @@ class AdmissionControl:
             self._next_place = place + 1.0 / completions_per_s
         wait_s = min(place - now, self.max_retry_after_s)
         whole = math.floor(wait_s)
-        return max(1, whole + (1 if self._random.random() < wait_s - whole else 0))
+        return self._free_return(max(1, whole + (1 if self._random.random() < wait_s - whole else 0)), now)
+
+    def _free_return(self, retry_s: int, now: float) -> int:
+        """``retry_s``, or the nearest later whole second (else earlier) whose return slot has room."""
+        cap = max(int(self.max_retry_after_s), 1)
+        retry_s = min(retry_s, cap)
+        oldest = int(now / self.return_slot_s)
+        if len(self._returns) > 4 * cap / self.return_slot_s:
+            self._returns = {k: v for k, v in self._returns.items() if k >= oldest}
+        candidates = [*range(retry_s, cap + 1), *range(retry_s - 1, 0, -1)]
+        slots = [int((now + c) / self.return_slot_s) for c in candidates]
+        free = [i for i, slot in enumerate(slots) if self._returns.get(slot, 0) < self.returns_per_slot]
+        # Every slot full (more refused than the slots hold): the least taken.
+        chosen = free[0] if free else min(range(len(slots)), key=lambda i: self._returns.get(slots[i], 0))
+        self._returns[slots[chosen]] = self._returns.get(slots[chosen], 0) + 1
+        return candidates[chosen]
 
     def calibrate(self, estimate_s: float, actual_s: float) -> None:
         """Learn from an admitted render how far off its estimate was.

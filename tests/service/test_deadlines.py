@@ -245,6 +245,24 @@ def test_retry_after_spreads_the_refused_over_the_completions():
     assert sorted(advised) == advised or len(set(advised)) > 2  # it grows with the refusals
 
 
+def test_requests_refused_together_are_told_to_come_back_apart():
+    """Retry-After counts whole seconds: a wave refused in one moment would come back in one
+    moment again, whatever its places; each return slot takes two at most."""
+    ac = AdmissionControl(window_s=2.0, min_completions=4, seed=3)
+    ac.observe(_reports(), now=0.0)
+    ac._capacity = 40.0  # renders complete 40 a second: the places are 25 ms apart
+    while ac.decide(1.0, 4.0, now=0.0).admit:
+        pass
+    advised = [ac.decide(1.0, 4.0, now=0.01 * i).retry_after_s for i in range(12)]  # 12 in 0.12 s
+    assert all(1 <= a <= 10 for a in advised)
+    slots = [int((0.01 * i + a) / 0.25) for i, a in enumerate(advised)]  # when each comes back
+    assert max(slots.count(slot) for slot in slots) <= 2
+    assert len(set(advised)) >= 6
+    # More refused than the slots up to the cap hold: the least taken, still within the cap.
+    more = [ac.decide(1.0, 4.0, now=0.2).retry_after_s for _ in range(60)]
+    assert all(1 <= a <= 10 for a in more)
+
+
 def test_health_answers_do_not_wait_for_a_busy_stage():
     """The last answer is reported at once (refreshed in the background once a second old); only
     with no recent one is a busy stage given a short patience; ``live`` waits for the stage."""
