@@ -365,7 +365,7 @@ class AdmissionControl:
         """
         now = time.monotonic() if now is None else now
         crossing = sum(stage.latency for stage in self.stages.values()) * max(work, 0.0)
-        ahead = self.ahead_work + self.held_work
+        ahead = self.work_ahead
         rate, basis = self.throughput(now)
         if rate > 0:
             return max(self.bias * (ahead + work) / rate, crossing), basis
@@ -382,7 +382,7 @@ class AdmissionControl:
         """Admit (and count) ``work`` megapixels with ``remaining_s`` before their deadline, or refuse."""
         now = time.monotonic() if now is None else now
         estimate, basis = self.estimate(work, now)
-        ahead = self.ahead_work + self.held_work
+        ahead = self.work_ahead
         if remaining_s <= 0:
             return Decision(False, estimate, remaining_s, 1, ahead, basis)
         # With nothing in flight the request is admitted whatever the (possibly stale) estimate
@@ -400,6 +400,11 @@ class AdmissionControl:
         typical = self.typical_work
         self.typical_work = work if typical is None else typical + 0.1 * (work - typical)
         return Decision(True, estimate, remaining_s, 0, ahead, basis)
+
+    @property
+    def work_ahead(self) -> float:
+        """The work a newcomer waits for: admitted and not finished, and held on arrival [Mpx]."""
+        return self.ahead_work + self.held_work
 
     def hold(self, work: float) -> None:
         """Count ``work`` Mpx ahead for a request let in on arrival, until it reaches its route.
@@ -446,7 +451,7 @@ class AdmissionControl:
         if remaining_s > 0 and (estimate <= usable_s or self.in_flight + self.held < floor):
             return None
         retry = 1 if remaining_s <= 0 else self._retry_after(estimate - usable_s, self.typical_work, now)
-        return Decision(False, estimate, remaining_s, retry, self.ahead_work + self.held_work, basis)
+        return Decision(False, estimate, remaining_s, retry, self.work_ahead, basis)
 
     def _retry_after(self, excess_s: float, work: float, now: float) -> int:
         """Whole seconds until a refused request of ``work`` Mpx likely finds a place.
