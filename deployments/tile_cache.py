@@ -14,6 +14,7 @@ new size takes effect.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import OrderedDict
@@ -140,6 +141,30 @@ class CacheUnavailable(Exception):
     """The cache actor cannot be reached right now."""
 
 
+async def _submit(method: Any, args: tuple) -> Any:
+    return await method.remote(*args)
+
+
+def _unowned(call: Awaitable[Any]) -> Awaitable[Any]:
+    """Run an actor call as its own task, outside the current request's Ray task, and shield it.
+
+    Serve cancels a request whose caller gave up (a viewer aborts stale pans) with Ray's
+    recursive cancel, which also cancels every actor call the request's task made: a tile's
+    ``put`` or ``fail`` cancelled in the cache actor left its lease pending, so each request
+    for that tile waited out the lease (30 s, a 504), and the cancelled call's
+    ``TaskCancelledError`` made this client take the actor for unreachable and drop it (the
+    cache with it). Ray finds the parent of a call from the async task's context variable:
+    cleared here, the call belongs to no request and runs to its end.
+    """
+    context = contextvars.copy_context()
+    task_id = getattr(getattr(ray, "_raylet", None), "async_task_id", None)
+    if task_id is not None:
+        context.run(task_id.set, None)
+    task = asyncio.get_running_loop().create_task(call, context=context)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if we stop waiting
+    return asyncio.shield(task)
+
+
 class CacheClient:
     """Used by the fetch replicas: get a tile from the cache, or fetch it exactly once."""
 
@@ -189,7 +214,8 @@ class CacheClient:
     async def _call(self, method: str, *args):
         try:
             actor = self._handle()
-            return await asyncio.wait_for(getattr(actor, method).remote(*args), timeout=self.call_timeout_s)
+            call = getattr(actor, method)
+            return await _unowned(asyncio.wait_for(_submit(call, args), timeout=self.call_timeout_s))
         except CacheUnavailable:
             raise
         except Exception as exc:  # RayActorError, timeouts: look the actor up again later
@@ -293,7 +319,7 @@ class CacheClient:
     async def _call_wait(self, key: str):
         actor = self._handle()
         try:
-            return await actor.wait.remote(key, self.wait_timeout_s)
+            return await _unowned(_submit(actor.wait, (key, self.wait_timeout_s)))
         except Exception as exc:
             self._actor = None
             raise CacheUnavailable(str(exc)) from exc

@@ -205,3 +205,77 @@ def test_a_request_that_completes_hands_no_lease_back(local_ray, gated):
         assert (await actor.lease.remote(requests[1].key))[0] == "hit"
 
     asyncio.run(scenario())
+
+
+@ray.remote(num_cpus=0)
+class _Leaseholder:
+    """A replica's stand-in: an async actor whose request holds a tile's lease while it fetches."""
+
+    def __init__(self, cache_name: str):
+        from deployments.tile_cache import CacheClient
+
+        self.client = CacheClient(cache_name, max_bytes=64 << 20)
+
+    async def ready(self) -> bool:
+        return (await self.client.stats()).get("available", True)
+
+    async def fetch(self, key: str) -> str:
+        async def stalled() -> np.ndarray:
+            await asyncio.sleep(60)  # a slow upstream
+            raise AssertionError("not cancelled")
+
+        _, how = await self.client.get_or_fetch(key, stalled)
+        return how
+
+    async def client_state(self) -> tuple[bool, float]:
+        return self.client._actor is not None, self.client._down_until
+
+
+def test_a_request_cancelled_by_ray_hands_its_lease_back_and_keeps_the_cache(local_ray):
+    """Serve cancels a request whose caller gave up with Ray's recursive cancel, which also
+    cancels the actor calls the request makes. The leaseholder's `fail` must still reach the
+    cache actor (else every request for the tile waits out the lease: a 504), and the client
+    must not take the cancelled call for an unreachable actor (and drop the cache)."""
+    name = f"cancel-{uuid.uuid4().hex[:8]}"
+    holder = _Leaseholder.remote(name)
+    assert ray.get(holder.ready.remote())
+    actor = ray.get_actor(name, namespace="skyrender")
+    fetching = holder.fetch.remote("t/1")
+    deadline = time.monotonic() + 10
+    while ray.get(actor.stats.remote())["in_flight"] != 1:  # the request holds the lease
+        assert time.monotonic() < deadline, "the lease was never taken"
+        time.sleep(0.05)
+    ray.cancel(fetching, recursive=True)
+    with pytest.raises((ray.exceptions.TaskCancelledError, RayTaskError)):
+        ray.get(fetching, timeout=30)
+    deadline = time.monotonic() + 10
+    while (stats := ray.get(actor.stats.remote()))["in_flight"] != 0:
+        assert time.monotonic() < deadline, f"lease of a cancelled request still held: {stats}"
+        time.sleep(0.05)
+    assert stats["failed"] == 1, stats
+    assert ray.get(actor.lease.remote("t/1")) == ("fetch", None)  # not "wait"
+    held, down_until = ray.get(holder.client_state.remote())
+    assert held and down_until == 0.0, "the client dropped a cache actor that answers"
+    ray.kill(holder)
+
+
+def test_a_waiting_request_cancelled_by_ray_keeps_the_cache(local_ray):
+    """The cancel lands while the request waits in the cache actor for another leaseholder's
+    tile: the client must not take the cancelled wait for an unreachable actor."""
+    name = f"cancel-{uuid.uuid4().hex[:8]}"
+    holder = _Leaseholder.remote(name)
+    assert ray.get(holder.ready.remote())
+    actor = ray.get_actor(name, namespace="skyrender")
+    assert ray.get(actor.lease.remote("t/2")) == ("fetch", None)  # another request leads the fetch
+    waiting = holder.fetch.remote("t/2")
+    deadline = time.monotonic() + 10
+    while ray.get(actor.stats.remote())["coalesced"] != 1:  # it waits on the leaseholder
+        assert time.monotonic() < deadline, "the request never waited"
+        time.sleep(0.05)
+    time.sleep(0.2)  # its wait call is in the actor
+    ray.cancel(waiting, recursive=True)
+    with pytest.raises((ray.exceptions.TaskCancelledError, RayTaskError)):
+        ray.get(waiting, timeout=60)
+    held, down_until = ray.get(holder.client_state.remote())
+    assert held and down_until == 0.0, "the client dropped a cache actor that answers"
+    ray.kill(holder)
