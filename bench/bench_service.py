@@ -62,7 +62,7 @@ def timed(fn, n: int, stages: dict[str, list[float]] | None = None, expect: int 
 
 
 def stage_row(stages: dict[str, list[float]]) -> None:
-    """Medians of the stages, the handoffs, the ingress's own work and HTTP + Serve's proxy."""
+    """Medians of the stages, the handoffs, the ingress's own work and HTTP + the front (HAProxy)."""
     med = {k: float(np.median(v)) for k, v in stages.items()}
     parts = [f"{k} {med[k]:.1f}" for k in ("fetch", "compose", "encode") if k in med]
     if "chain" in med:
@@ -75,7 +75,7 @@ def stage_row(stages: dict[str, list[float]]) -> None:
         if each:
             parts.append("(" + ", ".join(each) + ")")
     parts.append(f"ingress {med['app'] - med.get('chain', 0.0):.1f}")
-    parts.append(f"HTTP+proxy {med['total'] - med['app']:.1f}")
+    parts.append(f"HTTP+front {med['total'] - med['app']:.1f}")
     print(f"{'':<4}p50 ms: " + "; ".join(parts))
 
 
@@ -173,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{'':9}   p50 <= 300 ({len(cold_ms)} fresh start{'s' if len(cold_ms) > 1 else ''}, 1024x768, "
             "tiles from upstream)"
         )
-        # What any request costs before our handlers run: client, Serve's proxy, the hop to
-        # the ingress replica, FastAPI routing and our middleware (an unknown path: a JSON 404).
+        # What any request costs before our handlers run: client, the front (HAProxy), the
+        # ingress replica's HTTP server, FastAPI routing and our middleware (a JSON 404).
         for _ in range(5):  # first requests after start-up pay for imports and connections
             http.get("/no-such-path")
             http.post("/v1/tile-manifest", json={"ra": CENTRE[0], "dec": CENTRE[1], "fovDeg": 2.0})
         row(
-            "GET unknown path (404: Serve proxy floor)",
+            "GET unknown path (404: the front's floor)",
             timed(lambda i: http.get("/no-such-path"), n, expect=404),
         )
         manifest = {"ra": CENTRE[0], "dec": CENTRE[1], "fovDeg": 2.0, "width": 1024, "height": 768}

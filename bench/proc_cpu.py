@@ -53,6 +53,7 @@ def _role(pid: int) -> str:
         return m.group(1)
     for key, name in (
         ("ProxyActor", "Serve proxy"),
+        ("haproxy", "HAProxy"),
         ("ServeController", "Serve controller"),
         ("TileCache", "tile-cache actor"),
         ("gcs_server", "GCS"),

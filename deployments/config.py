@@ -67,7 +67,13 @@ class LimitsConfig(BaseModel):
     max_tile_pixels: int = 2048 * 2048
     max_header_keys: int = 500
     max_body_bytes: int = 1024 * 1024
-    max_request_headers: int = 100
+    max_request_headers: int = Field(
+        64,
+        ge=1,
+        le=90,
+        description="header fields one request may carry (431 past it); below HAProxy's own 101, "
+        "past which the front answers 400 before the request reaches a replica",
+    )
     max_layers: int = Field(4, ge=1, description="layers one multi-layer request may render")
 
 
@@ -168,6 +174,12 @@ class OverloadConfig(BaseModel):
         lt=1,
         description="fraction of a request's time before its deadline kept free at admission for "
         "errors of the wait estimate",
+    )
+    max_in_progress: int = Field(
+        16,
+        ge=0,
+        description="admitted renders an ingress replica sends through the stages at once; the others "
+        "wait their turn in order, so that newcomers are read and refused in ms (0: no limit)",
     )
     compute_niceness: int = Field(
         10,

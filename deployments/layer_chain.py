@@ -122,13 +122,14 @@ async def plan_layer(svc: Services, geom: OutputGeometry, name: str, epoch: str 
     return PlannedLayer(label=label, cfg=cfg, survey=survey, requests=requests, spec=spec)
 
 
-def admit_layers(svc: Services, request: Request, geom: OutputGeometry, count: int) -> None:
-    """Admit a render of ``count`` layers on ``geom``, or refuse it with a 503 (see `RenderChain.admit`).
+async def admit_layers(svc: Services, request: Request, geom: OutputGeometry, count: int) -> None:
+    """Admit a render of ``count`` layers on ``geom`` and wait for its turn, or refuse it with a
+    503 (see `RenderChain.start`).
 
     Routes call it once the request is known to be valid, before planning. Its work is every
     layer's pixels: each layer is fetched and composed in full.
     """
-    svc.chain.admit(request, geom.width, geom.height * count)
+    await svc.chain.start(request, geom.width, geom.height * count)
 
 
 async def _chain(

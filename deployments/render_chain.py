@@ -33,7 +33,9 @@ from .http_cache import CachePolicy, if_none_match, strong_etag, survey_release
 from .limits import check_tile_count
 from .render_answer import image_response
 from .shedding import AdmissionGate, Admitted, shed_from_backpressure
+from .telemetry import observe_queue_wait
 from .tile_urls import tile_location
+from .turns import RenderTurns
 
 __all__ = ["RenderChain", "tile_requests"]
 
@@ -78,6 +80,7 @@ class RenderChain:
         # Every rendered image (single or layered) is reusable this long: the configured max-age.
         self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
+        self.turns = RenderTurns(config.overload.max_in_progress)
         # What every ETag repeats, computed once: the rendering configuration, and each
         # survey's release (kept with the properties it digests; a reloaded survey is new).
         self._render_settings = config.render.model_dump(exclude={"num_threads"})
@@ -147,6 +150,26 @@ class RenderChain:
             raise self._shed(request, shed, deadline) from None
         request.state.admitted = admitted
         request.state.release_admission = lambda: self.gate.finish(admitted)
+        return admitted
+
+    async def start(self, request: Request, width: int, height: int) -> Admitted:
+        """`admit` the render, then wait for its turn among the renders in progress (`RenderTurns`).
+
+        Routes call this where they would `admit`; `run` does by itself otherwise. A render
+        whose deadline comes while it waits is dropped (503 + Retry-After). The request
+        context gives the turn back when the request ends, whatever happened.
+        """
+        admitted = self.admit(request, width, height)
+        if getattr(request.state, "turn_taken", False):
+            return admitted
+        deadline = admitted.budget.deadline
+        waited_from = time.perf_counter()
+        if not await self.turns.take(deadline.remaining()):
+            shed = Shed("ingress", "deadline_passed", 1, admitted.decision.estimate_s, deadline.remaining())
+            raise self._shed(request, shed, deadline)
+        observe_queue_wait("ingress", time.perf_counter() - waited_from)
+        request.state.turn_taken = True
+        request.state.release_turn = self.turns.give_back
         return admitted
 
     def _shed(self, request: Request, shed: Shed, deadline: Deadline | None) -> ApiError:
@@ -281,7 +304,7 @@ class RenderChain:
         deadline or a full queue is a 503 with Retry-After, any other failure its `ApiError`.
         """
         state = request.state.render
-        admitted = self.admit(request, width, height)
+        admitted = await self.start(request, width, height)
         deadline = admitted.budget.deadline
         estimate = admitted.decision.estimate_s
         state.update(deadline_s=round(deadline.budget_s, 3), estimate_s=round(estimate, 3))

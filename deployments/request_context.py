@@ -106,7 +106,8 @@ class RequestContext:
 
 
 def _release(state: dict) -> None:
-    """Free the render's admission place, once."""
-    release = state.pop("release_admission", None)
-    if release is not None:
-        release()
+    """Free the render's admission place and its turn (`deployments.turns`), once each."""
+    for key in ("release_admission", "release_turn"):
+        release = state.pop(key, None)
+        if release is not None:
+            release()

@@ -131,7 +131,7 @@ async def composite(svc: ServicesDep, request: Request, body: CompositeRequest) 
         raise ApiError(400, "invalid request", "mode 'contours' needs 'contours': {levels, levelUnit, ...}")
     _check_colormaps([layer.colormap for layer in body.layers])
     geom = _geometry(svc, body)
-    admit_layers(svc, request, geom, n)  # refuse now, before any work, if it cannot be in time
+    await admit_layers(svc, request, geom, n)  # refuse now if it cannot be in time; then wait its turn
     planned = await _plan_all(svc, geom, [(layer.survey, layer.epoch) for layer in body.layers])
     labels = tuple(p.label for p in planned)
     displays = tuple(_display(layer, p) for layer, p in zip(body.layers, planned, strict=True))
@@ -227,7 +227,7 @@ async def epoch_difference(svc: ServicesDep, request: Request, body: DifferenceR
     epochs = _epochs(svc, body.survey, body.epochs, pair=True)
     _check_colormaps([body.colormap])
     geom = _geometry(svc, body)
-    admit_layers(svc, request, geom, len(epochs))  # refuse now, before any work, if it cannot be in time
+    await admit_layers(svc, request, geom, len(epochs))  # refuse now if too late, else wait its turn
     planned = await _plan_all(svc, geom, [(body.survey, e) for e in epochs])
     try:
         display = LayerDisplay(
@@ -264,7 +264,7 @@ async def epoch_blink(svc: ServicesDep, request: Request, body: BlinkRequest) ->
     epochs = _epochs(svc, body.survey, body.epochs, pair=False)
     _check_colormaps([body.colormap])
     geom = _geometry(svc, body)
-    admit_layers(svc, request, geom, len(epochs))  # refuse now, before any work, if it cannot be in time
+    await admit_layers(svc, request, geom, len(epochs))  # refuse now if too late, else wait its turn
     planned = await _plan_all(svc, geom, [(body.survey, e) for e in epochs])
     display = LayerDisplay(
         min_cut=parse_cut(body.minCut),
@@ -297,7 +297,7 @@ async def epoch_stats(svc: ServicesDep, request: Request, body: StatsRequest) ->
     if body.position is not None:
         p = body.position
         region = Region(ra=p.ra % 360.0, dec=p.dec, radius_deg=p.radiusArcsec / 3600.0)
-    admit_layers(svc, request, geom, len(epochs))  # refuse now, before any work, if it cannot be in time
+    await admit_layers(svc, request, geom, len(epochs))  # refuse now if too late, else wait its turn
     planned = await _plan_all(svc, geom, [(body.survey, e) for e in epochs])
     spec = StatsSpec(
         geometry=geom,

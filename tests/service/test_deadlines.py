@@ -419,3 +419,63 @@ def test_a_burst_into_an_idle_service_is_checked_on_arrival_after_its_first_requ
     for _ in range(passed):
         ac.unhold(1.0)
         assert ac.decide(1.0, 4.0).admit
+
+
+def test_render_turns_go_in_arrival_order_and_never_exceed_the_limit():
+    import asyncio
+
+    from deployments.turns import RenderTurns
+
+    async def scenario() -> tuple[list[int], int, int]:
+        turns = RenderTurns(2)
+        order: list[int] = []
+        peak = 0
+
+        async def render(i: int) -> None:
+            nonlocal peak
+            assert await turns.take(5.0)
+            peak = max(peak, turns.in_progress)
+            order.append(i)
+            await asyncio.sleep(0.01)
+            turns.give_back()
+
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.create_task(render(i)))
+            await asyncio.sleep(0)  # each arrives after the one before
+        await asyncio.gather(*tasks)
+        return order, peak, turns.in_progress
+
+    order, peak, left = asyncio.run(scenario())
+    assert order == list(range(8))
+    assert peak == 2
+    assert left == 0
+
+
+def test_a_render_waiting_past_its_deadline_or_cancelled_gives_up_its_place():
+    import asyncio
+
+    from deployments.turns import RenderTurns
+
+    async def scenario() -> None:
+        turns = RenderTurns(1)
+        assert await turns.take(1.0)
+        assert not await turns.take(0.02)  # the deadline comes first
+        assert not await turns.take(0.0)
+        waiter = asyncio.create_task(turns.take(5.0))
+        await asyncio.sleep(0.01)
+        assert turns.waiting == 1
+        waiter.cancel()  # the client went away
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert turns.waiting == 0
+        late = asyncio.create_task(turns.take(5.0))
+        await asyncio.sleep(0.01)
+        turns.give_back()  # handed to the one still waiting, not to those that left
+        assert await late
+        assert turns.in_progress == 1
+        turns.give_back()
+        assert turns.in_progress == 0
+        unlimited = RenderTurns(0)
+        assert all([await unlimited.take(0.0) for _ in range(100)])
+
+    asyncio.run(scenario())
