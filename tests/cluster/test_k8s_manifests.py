@@ -520,3 +520,17 @@ def test_podmonitor_scrapes_the_metrics_port():
     assert endpoints[0]["path"] == "/metrics"
     # head and workers alike: no node-type restriction
     assert "ray.io/node-type" not in monitor["spec"]["selector"].get("matchLabels", {})
+
+
+def test_every_pod_runs_serve_as_the_replicas_do(rayservice):
+    """The Serve settings serve_config.yaml gives its replicas (the front: HAProxy and direct ingress,
+    the event-loop settings, the drain period, niceness) are on every pod too: Serve's controller and
+    HAProxy read them from the node, not from the application's runtime_env."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from node_env import node_env
+
+    wanted = node_env(ROOT / "serve_config.yaml")
+    assert wanted["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and wanted["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    for group in _groups(rayservice):
+        env = {e["name"]: e.get("value") for e in _ray_container(group)["env"]}
+        assert {k: env.get(k) for k in wanted} == wanted, group.get("groupName", "head")
