@@ -181,6 +181,12 @@ class OverloadConfig(BaseModel):
         description="admitted renders an ingress replica sends through the stages at once; the others "
         "wait their turn in order, so that newcomers are read and refused in ms (0: no limit)",
     )
+    turn_stall_s: float = Field(
+        1.0,
+        gt=0,
+        description="a render in progress longer than this no longer counts against max_in_progress: it "
+        "waits on an upstream, not on our stages, and renders of warm tiles need not wait behind it [s]",
+    )
     compute_niceness: int = Field(
         10,
         ge=0,

@@ -80,7 +80,7 @@ class RenderChain:
         # Every rendered image (single or layered) is reusable this long: the configured max-age.
         self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
-        self.turns = RenderTurns(config.overload.max_in_progress)
+        self.turns = RenderTurns(config.overload.max_in_progress, config.overload.turn_stall_s)
         # What every ETag repeats, computed once: the rendering configuration, and each
         # survey's release (kept with the properties it digests; a reloaded survey is new).
         self._render_settings = config.render.model_dump(exclude={"num_threads"})
@@ -164,12 +164,13 @@ class RenderChain:
             return admitted
         deadline = admitted.budget.deadline
         waited_from = time.perf_counter()
-        if not await self.turns.take(deadline.remaining()):
+        give_back = await self.turns.take(deadline.remaining())
+        if give_back is None:
             shed = Shed("ingress", "deadline_passed", 1, admitted.decision.estimate_s, deadline.remaining())
             raise self._shed(request, shed, deadline)
         observe_queue_wait("ingress", time.perf_counter() - waited_from)
         request.state.turn_taken = True
-        request.state.release_turn = self.turns.give_back
+        request.state.release_turn = give_back
         return admitted
 
     def _shed(self, request: Request, shed: Shed, deadline: Deadline | None) -> ApiError:

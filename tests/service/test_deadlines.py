@@ -421,6 +421,7 @@ def test_a_burst_into_an_idle_service_is_checked_on_arrival_after_its_first_requ
         assert ac.decide(1.0, 4.0).admit
 
 
+
 def test_render_turns_go_in_arrival_order_and_never_exceed_the_limit():
     import asyncio
 
@@ -433,11 +434,12 @@ def test_render_turns_go_in_arrival_order_and_never_exceed_the_limit():
 
         async def render(i: int) -> None:
             nonlocal peak
-            assert await turns.take(5.0)
+            give_back = await turns.take(5.0)
+            assert give_back is not None
             peak = max(peak, turns.in_progress)
             order.append(i)
             await asyncio.sleep(0.01)
-            turns.give_back()
+            give_back()
 
         tasks = []
         for i in range(8):
@@ -458,10 +460,11 @@ def test_a_render_waiting_past_its_deadline_or_cancelled_gives_up_its_place():
     from deployments.turns import RenderTurns
 
     async def scenario() -> None:
-        turns = RenderTurns(1)
-        assert await turns.take(1.0)
-        assert not await turns.take(0.02)  # the deadline comes first
-        assert not await turns.take(0.0)
+        turns = RenderTurns(1, stall_s=60.0)
+        first = await turns.take(1.0)
+        assert first is not None
+        assert await turns.take(0.02) is None  # the deadline comes first
+        assert await turns.take(0.0) is None
         waiter = asyncio.create_task(turns.take(5.0))
         await asyncio.sleep(0.01)
         assert turns.waiting == 1
@@ -470,12 +473,40 @@ def test_a_render_waiting_past_its_deadline_or_cancelled_gives_up_its_place():
         assert turns.waiting == 0
         late = asyncio.create_task(turns.take(5.0))
         await asyncio.sleep(0.01)
-        turns.give_back()  # handed to the one still waiting, not to those that left
-        assert await late
-        assert turns.in_progress == 1
-        turns.give_back()
+        first()  # handed to the one still waiting, not to those that left
+        second = await late
+        assert second is not None and turns.in_progress == 1
+        second()
+        second()  # a second give-back of the same turn changes nothing
         assert turns.in_progress == 0
         unlimited = RenderTurns(0)
-        assert all([await unlimited.take(0.0) for _ in range(100)])
+        assert all([await unlimited.take(0.0) is not None for _ in range(100)])
 
     asyncio.run(scenario())
+
+
+def test_a_render_stalled_on_its_upstream_stops_holding_back_the_others():
+    """A turn held past ``stall_s`` (cold tiles from a slow server) no longer counts: the
+    render waiting behind it goes on without waiting for it to end."""
+    import asyncio
+    import time
+
+    from deployments.turns import RenderTurns
+
+    async def scenario() -> tuple[float, int, int]:
+        turns = RenderTurns(1, stall_s=0.1)
+        slow = await turns.take(1.0)
+        assert slow is not None
+        t0 = time.monotonic()
+        warm = await turns.take(5.0)  # waits ~0.1 s, not until `slow` ends
+        waited = time.monotonic() - t0
+        assert warm is not None
+        both = turns.in_progress
+        moving = turns.moving()
+        slow()
+        warm()
+        return waited, both, moving
+
+    waited, both, moving = asyncio.run(scenario())
+    assert 0.05 <= waited < 1.0, waited
+    assert both == 2 and moving == 1
