@@ -133,8 +133,8 @@ class RenderChain:
     def admit(self, request: Request, width: int, height: int) -> Admitted:
         """Admit the request's render of ``width`` x ``height`` pixels, or refuse it with a 503.
 
-        Routes call this as soon as the request is known to be valid, before any planning, so
-        that a refusal costs next to nothing; `render` admits by itself otherwise. The place is
+        Routes call it through `start` as soon as the request is known to be valid, before any
+        planning, so that a refusal costs next to nothing; `run` admits by itself otherwise. The place is
         freed when the render leaves, or by the request context when the request ends earlier.
         """
         admitted = getattr(request.state, "admitted", None)

@@ -76,7 +76,8 @@ class RenderTurns:
         render), or None if no turn came in time.
         """
         if self._free() and not self.waiting:
-            return self._grant()
+            turn = self._new_turn()
+            return lambda: self._give_back(turn)
         if timeout_s <= 0:
             return None
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -96,10 +97,10 @@ class RenderTurns:
     def _free(self) -> bool:
         return self.limit == 0 or self.moving() < self.limit
 
-    def _grant(self) -> Callable[[], None]:
+    def _new_turn(self) -> int:
         turn = next(self._ids)
         self._holders[turn] = self._clock()
-        return lambda: self._give_back(turn)
+        return turn
 
     def _give_back(self, turn: int) -> None:
         if self._holders.pop(turn, None) is not None:
@@ -111,9 +112,7 @@ class RenderTurns:
         while self._waiters and self._free():
             waiter = self._waiters.popleft()
             if not waiter.done():
-                turn = next(self._ids)
-                self._holders[turn] = self._clock()
-                waiter.set_result(turn)
+                waiter.set_result(self._new_turn())
         self._arm()
 
     def _arm(self) -> None:
