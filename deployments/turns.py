@@ -37,18 +37,15 @@ class RenderTurns:
         Renders in progress at once; 0 means no limit (every `take` succeeds at once).
     stall_s : float
         A holder older than this [s] no longer counts against ``limit``.
-    clock : callable
-        Monotonic time in seconds (tests pass their own).
     """
 
-    def __init__(self, limit: int, stall_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int, stall_s: float = 1.0) -> None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if stall_s <= 0:
             raise ValueError(f"stall_s must be > 0, got {stall_s}")
         self.limit = limit
         self.stall_s = stall_s
-        self._clock = clock
         self._holders: dict[int, float] = {}  # turn id -> when it was taken (insertion = age order)
         self._ids = count()
         self._waiters: deque[asyncio.Future[int]] = deque()
@@ -64,9 +61,9 @@ class RenderTurns:
         """Renders waiting for a turn now."""
         return sum(1 for w in self._waiters if not w.done())
 
-    def moving(self, now: float | None = None) -> int:
+    def moving(self) -> int:
         """Turns held for less than ``stall_s``: those that count against the limit."""
-        now = self._clock() if now is None else now
+        now = time.monotonic()
         return sum(1 for t in self._holders.values() if now - t < self.stall_s)
 
     async def take(self, timeout_s: float) -> Callable[[], None] | None:
@@ -99,7 +96,7 @@ class RenderTurns:
 
     def _new_turn(self) -> int:
         turn = next(self._ids)
-        self._holders[turn] = self._clock()
+        self._holders[turn] = time.monotonic()
         return turn
 
     def _give_back(self, turn: int) -> None:
@@ -121,7 +118,7 @@ class RenderTurns:
             self._wake = None
         if not self.waiting or self.limit == 0:
             return
-        now = self._clock()
+        now = time.monotonic()
         moving = [t for t in self._holders.values() if now - t < self.stall_s]
         if moving:
             delay = min(moving) + self.stall_s - now
