@@ -7,11 +7,18 @@ DSS2 tiles (or measures a running one: ``--url``), warms the tiles, then:
    fixed time: renders answered per second;
 2. overload: 96 clients doing the same for a fixed time. A client that is refused waits what
    ``Retry-After`` says (as the portal's caller does), then goes on. Meanwhile a probe reads
-   ``/healthz`` and ``/readyz`` twice a second.
+   ``/healthz`` and ``/readyz`` twice a second;
+3. capacity again, as in 1.
 
 Prints goodput (200s answered within the caller's 5 s timeout, per second) and its ratio to the
 capacity, the slowest answer, every status seen with its latency, the refusals (latency,
 ``Retry-After``), and the health probes, each against the targets of issue 14.
+
+The capacity is measured before and after the overload, and the goodput is compared with their
+mean: this machine's cores are shared, and their speed drifts within minutes (the CPU that all
+processes together spend per good answer, printed per phase, differed by 42 % between the two
+8-client phases of one run). One capacity phase measured before the overload would compare the
+overload with a machine that may no longer be there.
 
     python bench/overload.py            # full: 15 s + 30 s
     python bench/overload.py --short    # CI: 6 s + 12 s
@@ -211,26 +218,32 @@ class HealthProbe:
         self._process.join(timeout=10)
 
 
-def report(capacity: Phase, overload: Phase, probe: HealthProbe, deadline_s: float) -> None:
-    cap_rate = capacity.good() / capacity.elapsed
+def report(before: Phase, overload: Phase, after: Phase, probe: HealthProbe, deadline_s: float) -> None:
+    rate_before, rate_after = before.good() / before.elapsed, after.good() / after.elapsed
+    cap_rate = (rate_before + rate_after) / 2
     good_rate = overload.good() / overload.elapsed
-    print(f"capacity, {capacity.clients} clients, {capacity.seconds:.0f} s: {cap_rate:.1f} renders/s "
-          f"({len(capacity.outcomes)} requests; statuses {_counts(capacity)})")  # fmt: skip
+    for name, ph, rate in (("before", before, rate_before), ("after", after, rate_after)):
+        print(f"capacity {name} the overload, {ph.clients} clients, {ph.seconds:.0f} s: {rate:.1f} renders/s "
+              f"({len(ph.outcomes)} requests; statuses {_counts(ph)})")  # fmt: skip
+    print(f"capacity (mean of the two): {cap_rate:.1f} renders/s")
     n = len(overload.outcomes)
     print(f"overload, {overload.clients} clients, {overload.seconds:.0f} s: {n} requests, the last answered "
           f"after {overload.elapsed:.1f} s")  # fmt: skip
+    phases = (("before", before), ("overload", overload), ("after", after))
     # The clients share the 2 cores with the service: what they take is not the service's.
-    for ph in (capacity, overload):
-        print(f"  load generator ({ph.clients} clients): {ph.client_cpu_s / ph.elapsed:.0%} of a core, "
+    for name, ph in phases:
+        share = ph.client_cpu_s / ph.elapsed
+        print(f"  load generator ({name}, {ph.clients} clients): {share:.0%} of a core, "
               f"{ph.client_cpu_s / max(len(ph.outcomes), 1) * 1e3:.1f} ms CPU per request")  # fmt: skip
-    for ph in (capacity, overload):
+    for name, ph in phases:
         good = max(ph.good(), 1)
         parts = [kv for kv in sorted(ph.cpu_by_role.items(), key=lambda kv: -kv[1]) if kv[1] / good >= 5e-4]
         total_ms = sum(ph.cpu_by_role.values()) / good * 1e3
-        print(f"  CPU per good answer, {ph.clients} clients: {total_ms:.1f} ms ("
+        print(f"  CPU per good answer, {name}, {ph.clients} clients: {total_ms:.1f} ms ("
               + ", ".join(f"{role} {sec / good * 1e3:.1f}" for role, sec in parts) + ")")  # fmt: skip
     ratio = good_rate / cap_rate if cap_rate else float("nan")
     print(f"  goodput (200 within {CALLER_TIMEOUT_S:.0f} s) {good_rate:.1f}/s = {ratio:.0%} of capacity"
+          f" ({good_rate / rate_before:.0%} of the capacity before, {good_rate / rate_after:.0%} of after)"
           f"   target >= 90 %  [{'ok' if ratio >= 0.9 else 'MISSED'}]")  # fmt: skip
     per_s = np.zeros(int(overload.elapsed) + 1, dtype=int)
     for o in overload.outcomes:
@@ -357,11 +370,13 @@ def main(argv: list[str] | None = None) -> int:
                 http.post("/v1/preview", json={**warm, "ra": CENTRE[0], "dec": CENTRE[1]})
         _before_the_service()  # after the service started: its processes do not inherit it
         asyncio.run(_run(url, 8, 2.0, body, seed=1))  # warm the replicas' measurements
-        capacity = asyncio.run(_run(url, 8, cap_s, body, seed=100))
+        before = asyncio.run(_run(url, 8, cap_s, body, seed=100))
         time.sleep(1.0)
         with HealthProbe(url) as probe:
             overload = asyncio.run(_run(url, args.clients, over_s, body, seed=1000))
-        report(capacity, overload, probe, deadline_s)
+        time.sleep(1.0)
+        after = asyncio.run(_run(url, 8, cap_s, body, seed=200))
+        report(before, overload, after, probe, deadline_s)
     finally:
         if app is not None:
             app.close()
