@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -25,10 +26,26 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SLOW_MACHINE_DEADLINES = {"deadline_s": 30.0, "max_deadline_s": 30.0, "hips2fits_deadline_s": 30.0}
 
 
+#: Where the tests' ports come from: above Ray's worker ports (10002-19999) and below Serve's direct
+#: ingress ports (30000-31000, 40000-41000) and the kernel's ephemeral range (32768-60999). A
+#: port the kernel hands out for ``bind(0)`` can be taken again in the seconds before the front
+#: binds it, by any of Ray's processes binding or connecting (seen once: HAProxy's "Address
+#: already in use" at a benchmark's start).
+_TEST_PORTS = range(20000, 30000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free now and that nothing else here picks at random."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(_TEST_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_TEST_PORTS}")
 
 
 def load_config() -> dict[str, Any]:
