@@ -20,8 +20,8 @@ processes together spend per good answer, printed per phase, differed by 42 % be
 8-client phases of one run). One capacity phase measured before the overload would compare the
 overload with a machine that may no longer be there.
 
-    python bench/overload.py            # full: 15 s + 30 s
-    python bench/overload.py --short    # CI: 6 s + 12 s
+    python bench/overload.py            # full: 15 s + 30 s + 15 s
+    python bench/overload.py --short    # CI: 6 s + 12 s + 6 s
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def _counts(phase: Phase) -> dict[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="CI mode: 6 s + 12 s")
+    parser.add_argument("--short", action="store_true", help="CI mode: 6 s + 12 s + 6 s")
     parser.add_argument("--url", help="measure a running service instead of starting one")
     parser.add_argument("--survey", default=None, help="survey to render (with --url; default: its first)")
     parser.add_argument("--clients", type=int, default=96)

@@ -25,9 +25,10 @@ __all__ = ["MethodHandling", "allowed_methods"]
 _ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+_Routes = list[tuple[Any, set[str]]]
+
 #: `_routes` of each app, with the length of its route list when they were read: every request
 #: asks, and walking the routes (~60 us) was ~3 % of the ingress's CPU under overload.
-_Routes = list[tuple[Any, set[str]]]
 _ROUTES_SEEN: weakref.WeakKeyDictionary[Any, tuple[int, _Routes]] = weakref.WeakKeyDictionary()
 
 
