@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import error_response
+from .nodelay import set_tcp_nodelay_on_accept
 
 __all__ = ["HealthEndpoint"]
 
@@ -51,6 +52,7 @@ class HealthEndpoint:
     ):
         if path not in ("/healthz", "/readyz"):
             raise ValueError(f"path must be /healthz or /readyz, not {path!r}")
+        set_tcp_nodelay_on_accept()  # before this replica's HTTP server accepts a connection
         self.path, self.app = path, app
         self.period_s, self.max_age_s, self.timeout_s = period_s, max_age_s, timeout_s
         self.ingress = serve.get_deployment_handle(ingress, app_name=app)

@@ -23,6 +23,7 @@ from . import health
 from .app import create_app
 from .catalogue import SurveyCatalogue
 from .config import AppConfig
+from .nodelay import set_tcp_nodelay_on_accept
 from .readiness import Readiness
 from .render_chain import RenderChain
 from .services import Services
@@ -46,6 +47,7 @@ class Ingress:
     ):
         from skyrender.warmup import warm_planning
 
+        set_tcp_nodelay_on_accept()  # before this replica's HTTP server accepts a connection
         started = time.time()
         app_config = AppConfig.model_validate(config)
 
