@@ -26,4 +26,3 @@ def _set_nodelay(sock: socket.socket) -> None:
 def set_tcp_nodelay_on_accept() -> None:
     """Make asyncio's transports set TCP_NODELAY on any TCP socket (idempotent)."""
     asyncio.base_events._set_nodelay = _set_nodelay  # type: ignore[attr-defined]
-

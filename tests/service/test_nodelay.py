@@ -30,7 +30,7 @@ def _accepted_nodelay() -> int:
             writer.close()
         return value
 
-    return asyncio.run(main())  # asyncio's own loop, whatever the policy elsewhere
+    return asyncio.run(main())  # the tests' default policy: asyncio's own loop, as the replicas run
 
 
 @pytest.fixture
