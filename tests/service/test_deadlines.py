@@ -510,3 +510,40 @@ def test_a_render_stalled_on_its_upstream_stops_holding_back_the_others():
     waited, both, moving = asyncio.run(scenario())
     assert 0.05 <= waited < 1.0, waited
     assert both == 2 and moving == 1
+
+
+def test_when_every_render_is_slow_none_counts_as_stalled():
+    """Slow cores slow every render: turns held as long as the others' lately still count, so the
+    limit holds (with a fixed threshold they all stalled at once and the waiters flooded the
+    stages); a render far slower than the others (a slow upstream) still stops counting."""
+    import asyncio
+
+    from deployments.turns import RenderTurns
+
+    async def scenario() -> tuple[float, int, int, int]:
+        turns = RenderTurns(2, stall_s=0.05, stall_factor=3.0)
+        for _ in range(3):  # renders lately held their turns ~0.1 s: past stall_s, all of them
+            held = [await turns.take(1.0), await turns.take(1.0)]
+            await asyncio.sleep(0.1)
+            for give_back in held:
+                assert give_back is not None
+                give_back()
+        typical = turns.typical_hold_s or 0.0
+        a, b = await turns.take(1.0), await turns.take(1.0)
+        assert a is not None and b is not None
+        await asyncio.sleep(0.12)  # as long as the others: still moving, the limit holds
+        waiter = asyncio.create_task(turns.take(5.0))
+        await asyncio.sleep(0.02)
+        moving_at_typical, waiting_at_typical = turns.moving(), turns.waiting
+        await asyncio.sleep(3.0 * typical)  # now far slower than the others: stalled
+        third = await asyncio.wait_for(waiter, 1.0)
+        assert third is not None
+        moving_late = turns.moving()
+        for give_back in (a, b, third):
+            give_back()
+        return typical, moving_at_typical, waiting_at_typical, moving_late
+
+    typical, moving_at_typical, waiting_at_typical, moving_late = asyncio.run(scenario())
+    assert 0.09 <= typical < 0.5, typical
+    assert moving_at_typical == 2 and waiting_at_typical == 1
+    assert moving_late == 1  # the stalled two no longer count; the newcomer does
