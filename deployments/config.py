@@ -184,15 +184,8 @@ class OverloadConfig(BaseModel):
     turn_stall_s: float = Field(
         1.0,
         gt=0,
-        description="a render in progress longer than this, and than turn_stall_factor times the typical "
-        "render's, no longer counts against max_in_progress: it waits on an upstream, not on our stages, "
-        "and renders of warm tiles need not wait behind it [s]",
-    )
-    turn_stall_factor: float = Field(
-        3.0,
-        ge=1,
-        description="a render in progress counts as stalled only once it is this many times slower than the "
-        "typical render lately: when the cores are slow, every render is (see turn_stall_s)",
+        description="a render in progress longer than this no longer counts against max_in_progress: it "
+        "waits on an upstream, not on our stages, and renders of warm tiles need not wait behind it [s]",
     )
     compute_niceness: int = Field(
         10,

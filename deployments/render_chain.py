@@ -80,9 +80,7 @@ class RenderChain:
         # Every rendered image (single or layered) is reusable this long: the configured max-age.
         self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
-        self.turns = RenderTurns(
-            config.overload.max_in_progress, config.overload.turn_stall_s, config.overload.turn_stall_factor
-        )
+        self.turns = RenderTurns(config.overload.max_in_progress, config.overload.turn_stall_s)
         # What every ETag repeats, computed once: the rendering configuration, and each
         # survey's release (kept with the properties it digests; a reloaded survey is new).
         self._render_settings = config.render.model_dump(exclude={"num_threads"})

@@ -12,14 +12,9 @@ order at no cost to the loop. Admission already let them in: they would have wai
 long in compose's queue, and the stages stay busy as long as ``limit`` covers what they
 work on at once.
 
-A render that holds its turn much longer than the others lately (``stall_factor`` times their
-typical hold, and at least ``stall_s``) is waiting on something other than our stages' CPU
-(cold tiles from a slow upstream, another render's fetch of its tiles): it no longer counts
-against the limit, so that renders of warm tiles do not queue behind it. Relative to the
-others, not a fixed time: when the cores are slow (a loaded machine under overload), every
-render holds its turn longer; with a fixed threshold they all counted as stalled at once, the
-limit vanished, and the renders waiting let in together flooded the stages, where the last of
-them missed their deadline (``chain``/``deadline_passed`` after 4 s).
+A render that holds its turn longer than ``stall_s`` is waiting on something other than
+our stages' CPU (cold tiles from a slow upstream, another render's fetch of its tiles): it
+no longer counts against the limit, so that renders of warm tiles do not queue behind it.
 """
 
 from __future__ import annotations
@@ -41,26 +36,16 @@ class RenderTurns:
     limit : int
         Renders in progress at once; 0 means no limit (every `take` succeeds at once).
     stall_s : float
-        A holder older than this [s] may no longer count against ``limit`` (see ``stall_factor``).
-    stall_factor : float
-        ... and only once it is also older than this many times the typical hold (the EWMA of
-        the turns given back lately).
+        A holder older than this [s] no longer counts against ``limit``.
     """
 
-    #: EWMA weight of a new hold in the typical hold.
-    HOLD_ALPHA = 0.1
-
-    def __init__(self, limit: int, stall_s: float = 1.0, stall_factor: float = 3.0) -> None:
+    def __init__(self, limit: int, stall_s: float = 1.0) -> None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if stall_s <= 0:
             raise ValueError(f"stall_s must be > 0, got {stall_s}")
-        if stall_factor < 1:
-            raise ValueError(f"stall_factor must be >= 1, got {stall_factor}")
         self.limit = limit
         self.stall_s = stall_s
-        self.stall_factor = stall_factor
-        self.typical_hold_s: float | None = None  # EWMA of the holds given back [s]
         self._holders: dict[int, float] = {}  # turn id -> when it was taken (insertion = age order)
         self._ids = count()
         self._waiters: deque[asyncio.Future[int]] = deque()
@@ -76,15 +61,10 @@ class RenderTurns:
         """Renders waiting for a turn now."""
         return sum(1 for w in self._waiters if not w.done())
 
-    def stall_after_s(self) -> float:
-        """How long a turn is held before it stops counting against the limit [s]."""
-        typical = self.typical_hold_s
-        return self.stall_s if typical is None else max(self.stall_s, self.stall_factor * typical)
-
     def moving(self) -> int:
-        """Turns held for less than `stall_after_s`: those that count against the limit."""
-        now, stall = time.monotonic(), self.stall_after_s()
-        return sum(1 for t in self._holders.values() if now - t < stall)
+        """Turns held for less than ``stall_s``: those that count against the limit."""
+        now = time.monotonic()
+        return sum(1 for t in self._holders.values() if now - t < self.stall_s)
 
     async def take(self, timeout_s: float) -> Callable[[], None] | None:
         """Wait for a turn, at most ``timeout_s`` seconds [s].
@@ -120,11 +100,7 @@ class RenderTurns:
         return turn
 
     def _give_back(self, turn: int) -> None:
-        taken = self._holders.pop(turn, None)
-        if taken is not None:
-            held = time.monotonic() - taken
-            typical = self.typical_hold_s
-            self.typical_hold_s = held if typical is None else typical + self.HOLD_ALPHA * (held - typical)
+        if self._holders.pop(turn, None) is not None:
             self._hand_over()
 
     def _hand_over(self) -> None:
@@ -142,10 +118,10 @@ class RenderTurns:
             self._wake = None
         if not self.waiting or self.limit == 0:
             return
-        now, stall = time.monotonic(), self.stall_after_s()
-        moving = [t for t in self._holders.values() if now - t < stall]
+        now = time.monotonic()
+        moving = [t for t in self._holders.values() if now - t < self.stall_s]
         if moving:
-            delay = min(moving) + stall - now
+            delay = min(moving) + self.stall_s - now
             self._wake = asyncio.get_running_loop().call_later(max(delay, 0.0), self._hand_over)
 
     def _forget(self, waiter: asyncio.Future[int]) -> None:
