@@ -133,7 +133,12 @@ class RenderConfig(BaseModel):
         "0.01 px (skyrender.grid); exact: every pixel's position and cells",
     )
     backend: str = Field("auto", description="compose backend: auto | wgpu | numpy")
-    png_compress_level: int = Field(1, ge=0, le=9)
+    png_deflate: Literal["isal", "zlib"] = Field(
+        "isal",
+        description="library deflating single-band PNGs: isal (ISA-L, levels 0-3, 4-5x faster than "
+        "zlib at level 1 on sky pictures, files 2-4 % larger) | zlib (levels 0-9)",
+    )
+    png_compress_level: int = Field(2, ge=0, le=9, description="deflate level, on png_deflate's own scale")
     jpeg_quality: int = Field(90, ge=1, le=95)
     num_threads: int = Field(0, ge=0, description="threads per render (0 = every core of the node)")
     jit_cache_dir: str = Field(
@@ -148,6 +153,18 @@ class RenderConfig(BaseModel):
     @classmethod
     def _expand(cls, v: str) -> str:
         return str(Path(expand_env(v)).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _level_on_the_deflaters_scale(self) -> RenderConfig:
+        from skyrender.encode import PNG_DEFLATERS
+
+        top = PNG_DEFLATERS[self.png_deflate]
+        if self.png_compress_level > top:
+            raise ValueError(
+                f"png_compress_level {self.png_compress_level} is above {self.png_deflate}'s highest "
+                f"level {top} (zlib's go to 9)"
+            )
+        return self
 
 
 class OverloadConfig(BaseModel):

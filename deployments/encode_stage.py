@@ -38,7 +38,11 @@ class Encode:
 
     def _png_opts(self) -> dict[str, Any]:
         render = self.config.render
-        return {"compress_level": render.png_compress_level, "num_threads": render.num_threads}
+        return {
+            "compress_level": render.png_compress_level,
+            "deflate": render.png_deflate,
+            "num_threads": render.num_threads,
+        }
 
     def _jpeg_opts(self) -> dict[str, Any]:
         return {"quality": self.config.render.jpeg_quality}
@@ -115,7 +119,11 @@ class Encode:
         run = self.guard.enter(budget, max(c.finished_at for c in composed) or None)
         start = time.perf_counter()
         render = self.config.render
-        opts = PictureOptions(png_compress_level=render.png_compress_level, jpeg_quality=render.jpeg_quality)
+        opts = PictureOptions(
+            png_compress_level=render.png_compress_level,
+            png_deflate=render.png_deflate,
+            jpeg_quality=render.jpeg_quality,
+        )
         try:
             out = combine(spec, [c.image for c in composed], opts)
         except BaseException:

@@ -10,6 +10,11 @@ colour table; no-data pixels use the reserved palette index
 Indexed PNG at zlib level 1 is ~6x faster and half the size of RGBA (measured on a
 1024×768 render: 12 ms / 501 kB against 71 ms / 1053 kB), and sky images are too noisy
 for higher zlib levels to pay.
+
+Indexed pictures are deflated by ISA-L (`isal`, Intel's Intelligent Storage Acceleration
+Library) by default: its level 2 deflates a 1024×768 sky picture in ~2.8 ms against
+zlib's ~14 ms at level 1, for files 2-4 % larger (`PNG_DEFLATERS`). Both write the same
+standard deflate stream; any PNG reader decodes either.
 """
 
 from __future__ import annotations
@@ -23,15 +28,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from isal import isal_zlib
 
 from .display import NO_DATA_INDEX, DisplayImage, to_display
 from .errors import EncodeError, TilePathError
-from .threads import resolve_threads, row_chunks, run_row_chunks
+from .threads import row_chunks, run_row_chunks
 from .tiles import format_of
 
 __all__ = [
     "MEDIA_TYPES",
     "PARALLEL_PNG_PIXELS",
+    "PNG_DEFLATERS",
     "encode_fits",
     "encode_image",
     "encode_jpeg",
@@ -44,6 +51,11 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "fits": "application/fi
 #: Keywords describing the data layout: written by astropy from the array, never copied
 #: from a caller's header.
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "BSCALE", "BZERO", "BLANK", "PCOUNT", "GCOUNT", "END"}
+
+#: Deflate libraries for indexed PNGs, each with its highest level (0 = stored, no compression).
+#: ``isal``: ISA-L, levels 0-3, 4-5x faster than zlib at level 1 on sky pictures (1024×768:
+#: ~2.8 ms at level 2 against ~14 ms) for files 2-4 % larger; ``zlib``: levels 0-9.
+PNG_DEFLATERS = {"isal": 3, "zlib": 9}
 
 _DISPLAY_OPTS = ("min_cut", "max_cut", "stretch", "cmap", "cut_method", "survey_cut", "power")
 
@@ -81,51 +93,81 @@ def _top_down_index(img: DisplayImage) -> np.ndarray:
 
 
 #: Indexed pictures of at least this many pixels are deflated in row bands on several
-#: threads (zlib releases the GIL): one core deflates a 1024×768 picture in ~11 ms at level 1.
+#: threads (both deflaters release the GIL): one core deflates a 1024×768 picture in ~14 ms
+#: with zlib at level 1, ~2.8 ms with ISA-L at level 2.
 PARALLEL_PNG_PIXELS = 1 << 19
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+    # ISA-L's CRC-32 is zlib's, ~15x faster on a picture's data.
+    crc = isal_zlib.crc32(data, isal_zlib.crc32(tag))
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
 
 
-def _indexed_png_parallel(
-    index: np.ndarray, lut: np.ndarray, transparent: bool, level: int, strategy: int, num_threads: int
-) -> bytes:
-    """A palette PNG of the top-down ``index`` rows, its image data deflated in row bands at once.
+def _compressor(deflate: str, level: int, strategy: int):
+    """A raw-deflate (no zlib header) compressor object of ``deflate`` at ``level``."""
+    if deflate == "isal":
+        return isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+    return zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
 
-    Each band is a raw deflate stream ended by a sync flush (the last one finished), so the
-    bands concatenate into one zlib stream (pigz's method); the file is PNG's chunk layout
-    (RFC 2083) as Pillow writes it for mode "P": IHDR, PLTE, tRNS (index 255 transparent), IDAT, IEND.
+
+def _zlib_header(level: int) -> bytes:
+    """RFC 1950 header: deflate, 32 KiB window, the level class as zlib states it (informative)."""
+    flevel = 0 if level < 2 else 1 if level < 6 else 2 if level == 6 else 3
+    cmf = 0x78
+    flg = flevel << 6
+    flg += 31 - (cmf * 256 + flg) % 31  # CMF * 256 + FLG must be a multiple of 31
+    return bytes((cmf, flg))
+
+
+def _indexed_png(img: DisplayImage, masked: bool, deflate: str, level: int, strategy: int, num_threads: int) -> bytes:
+    """A palette PNG of ``img`` (rows top-down), deflated by ``deflate`` at ``level``.
+
+    A picture of `PARALLEL_PNG_PIXELS` or more is deflated in row bands at once: each band
+    a raw deflate stream ended by a sync flush (the last one finished), so that the bands
+    concatenate into one zlib stream (pigz's method). The file is PNG's chunk layout
+    (RFC 2083) as Pillow writes it for mode "P", filter type None on every row: IHDR,
+    PLTE, tRNS (index 255 transparent), IDAT, IEND.
     """
-    height, width = index.shape
+    height, width = img.index.shape
     raw = np.empty((height, width + 1), dtype=np.uint8)
     raw[:, 0] = 0  # filter type None on every row, as Pillow does for palette images
-    raw[:, 1:] = index
-    bands = row_chunks(height, num_threads)
+    raw[:, 1:] = img.index[::-1]
+    if masked:  # no-data pixels take the reserved (transparent) index, whatever theirs
+        np.copyto(raw[:, 1:], np.uint8(NO_DATA_INDEX), where=img.mask[::-1])
+    threads = num_threads if img.index.size >= PARALLEL_PNG_PIXELS else 1
+    bands = row_chunks(height, threads)
     parts: dict[int, bytes] = {}
 
-    def deflate(start: int, stop: int) -> None:
-        z = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+    def compress(start: int, stop: int) -> None:
+        z = _compressor(deflate, level, strategy)
         end = zlib.Z_FINISH if stop == height else zlib.Z_SYNC_FLUSH
         parts[start] = z.compress(raw[start:stop].data) + z.flush(end)
 
-    run_row_chunks(deflate, height, num_threads)
-    # zlib header: deflate with a 32 KiB window, "fastest" level flag (CMF * 256 + FLG ≡ 0 mod 31).
-    idat = b"\x78\x01" + b"".join(parts[a] for a, _ in bands) + struct.pack(">I", zlib.adler32(raw.data))
+    if len(bands) > 1:
+        run_row_chunks(compress, height, threads)
+    else:
+        compress(0, height)
+    trailer = struct.pack(">I", isal_zlib.adler32(raw.data))
+    idat = _zlib_header(level) + b"".join(parts[a] for a, _ in bands) + trailer
     out = [
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)),
-        _png_chunk(b"PLTE", np.ascontiguousarray(lut, dtype=np.uint8).tobytes()),
+        _png_chunk(b"PLTE", np.ascontiguousarray(img.lut, dtype=np.uint8).tobytes()),
     ]
-    if transparent:
+    if masked:
         out.append(_png_chunk(b"tRNS", b"\xff" * NO_DATA_INDEX + b"\x00"))
     out += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
     return b"".join(out)
 
 
 def encode_png(
-    img: DisplayImage, *, compress_level: int = 1, huffman_only: bool = False, num_threads: int = 0
+    img: DisplayImage,
+    *,
+    compress_level: int = 2,
+    deflate: str = "isal",
+    huffman_only: bool = False,
+    num_threads: int = 0,
 ) -> bytes:
     """Encode a picture as PNG.
 
@@ -134,11 +176,16 @@ def encode_png(
     img : DisplayImage
         Picture in FITS row order.
     compress_level : int
-        zlib level 0..9 (1: fast, the right choice for noisy sky images).
+        Deflate level, on ``deflate``'s own scale (`PNG_DEFLATERS`): ISA-L 0..3, zlib
+        0..9. Low levels are the right choice for noisy sky images.
+    deflate : {"isal", "zlib"}
+        Library deflating a single-band picture. Colour pictures are Pillow's, with
+        zlib at ``compress_level``.
     huffman_only : bool
         zlib's Z_HUFFMAN_ONLY strategy (no string matching after PNG's row filters).
         On a 1024×768 RGB sky composite: ~30 % faster and 25 % smaller than the
-        default strategy (651 against 873 kB); lossless either way.
+        default strategy (651 against 873 kB); lossless either way. ISA-L has no such
+        strategy: ignored for a single-band picture deflated by it.
     num_threads : int
         Threads deflating a single-band picture of at least `PARALLEL_PNG_PIXELS` pixels,
         in row bands (0: every core). The picture is the same; the file is ~0.1 % larger.
@@ -149,31 +196,32 @@ def encode_png(
         Single band: mode "P" (palette = ``img.lut``), with palette index 255 transparent
         when any pixel has no data. Colour: RGB, or RGBA (alpha 0 = no data) when any
         pixel has no data. Top row = last row of the array.
+
+    Raises
+    ------
+    EncodeError
+        Unknown ``deflate``, a level outside its scale, a bad ``num_threads``.
     """
     from PIL import Image
 
     img = _check_display(img)
-    level = _check_int("compress_level", compress_level, 0, 9)
+    if deflate not in PNG_DEFLATERS:
+        raise EncodeError(f"unknown PNG deflate library {deflate!r}; expected one of {', '.join(PNG_DEFLATERS)}")
+    level = _check_int(f"compress_level (deflate {deflate!r})", compress_level, 0, PNG_DEFLATERS[deflate])
     num_threads = _check_int("num_threads", num_threads, 0, 1024)
+    masked = bool(img.mask.any())
+    if not img.is_colour:
+        strategy = zlib.Z_HUFFMAN_ONLY if huffman_only else zlib.Z_DEFAULT_STRATEGY
+        return _indexed_png(img, masked, deflate, level, strategy, num_threads)
     params: dict[str, Any] = {"format": "PNG", "compress_level": level, "optimize": False}
     if huffman_only:
         params["compress_type"] = zlib.Z_HUFFMAN_ONLY
-    masked = bool(img.mask.any())
-    if img.is_colour:
-        rgb = img.rgb[::-1]
-        if masked:
-            alpha = np.where(img.mask[::-1], np.uint8(0), np.uint8(255))
-            pil = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
-        else:
-            pil = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-    elif img.index.size >= PARALLEL_PNG_PIXELS and resolve_threads(num_threads) > 1:
-        strategy = zlib.Z_HUFFMAN_ONLY if huffman_only else zlib.Z_DEFAULT_STRATEGY
-        return _indexed_png_parallel(_top_down_index(img), img.lut, masked, level, strategy, num_threads)
+    rgb = img.rgb[::-1]
+    if masked:
+        alpha = np.where(img.mask[::-1], np.uint8(0), np.uint8(255))
+        pil = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
     else:
-        pil = Image.fromarray(_top_down_index(img), mode="L")
-        pil.putpalette(np.ascontiguousarray(img.lut, dtype=np.uint8).tobytes(), rawmode="RGB")
-        if masked:
-            params["transparency"] = NO_DATA_INDEX
+        pil = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
     buf = io.BytesIO()
     pil.save(buf, **params)
     return buf.getvalue()
@@ -310,7 +358,7 @@ def encode_image(img_or_array: DisplayImage | np.ndarray, fmt: str, **opts: Any)
             raise EncodeError("FITS output needs the float data, not an 8-bit display image")
         _check_opts(opts, ("header",))
         return encode_fits(img_or_array, opts.get("header")), MEDIA_TYPES[key]
-    encoder_opts = ("compress_level", "num_threads") if key == "png" else ("quality", "background")
+    encoder_opts = ("compress_level", "deflate", "num_threads") if key == "png" else ("quality", "background")
     if isinstance(img_or_array, DisplayImage):
         _check_opts(opts, encoder_opts)
         img = img_or_array

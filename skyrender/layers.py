@@ -40,9 +40,11 @@ class LayerCoverageError(SkyRenderError):
 
 @dataclass(frozen=True)
 class PictureOptions:
-    """Encoder settings of pictures: PNG zlib level, JPEG quality."""
+    """Encoder settings of pictures: PNG deflate library and level (`skyrender.encode.encode_png`),
+    JPEG quality."""
 
-    png_compress_level: int = 1
+    png_compress_level: int = 2
+    png_deflate: str = "isal"
     jpeg_quality: int = 90
 
 
@@ -144,7 +146,8 @@ def _picture_bytes(img: DisplayImage, fmt: str, opts: PictureOptions) -> Combine
         # Colour PNGs are the slow part of a composite: Huffman-only zlib is faster and smaller.
         body = encode_png(img, compress_level=opts.png_compress_level, huffman_only=True)
         return Combined(body, "image/png")
-    enc = {"compress_level": opts.png_compress_level} if fmt == "png" else {"quality": opts.jpeg_quality}
+    png = {"compress_level": opts.png_compress_level, "deflate": opts.png_deflate}
+    enc = png if fmt == "png" else {"quality": opts.jpeg_quality}
     body, media_type = encode_image(img, fmt, **enc)
     return Combined(body, media_type)
 
