@@ -120,7 +120,9 @@ def _zlib_header(level: int) -> bytes:
     return bytes((cmf, flg))
 
 
-def _indexed_png(img: DisplayImage, masked: bool, deflate: str, level: int, strategy: int, num_threads: int) -> bytes:
+def _indexed_png(
+    img: DisplayImage, masked: bool, deflate: str, level: int, strategy: int, num_threads: int
+) -> bytes:
     """A palette PNG of ``img`` (rows top-down), deflated by ``deflate`` at ``level``.
 
     A picture of `PARALLEL_PNG_PIXELS` or more is deflated in row bands at once: each band
@@ -206,7 +208,8 @@ def encode_png(
 
     img = _check_display(img)
     if deflate not in PNG_DEFLATERS:
-        raise EncodeError(f"unknown PNG deflate library {deflate!r}; expected one of {', '.join(PNG_DEFLATERS)}")
+        known = ", ".join(PNG_DEFLATERS)
+        raise EncodeError(f"unknown PNG deflate library {deflate!r}; expected one of {known}")
     level = _check_int(f"compress_level (deflate {deflate!r})", compress_level, 0, PNG_DEFLATERS[deflate])
     num_threads = _check_int("num_threads", num_threads, 0, 1024)
     masked = bool(img.mask.any())

@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from .geometry import OutputGeometry
-from .projection import pixel_lonlat, points_lonlat
+from .projection import WcsKernel, pixel_lonlat, points_lonlat, wcs_kernel
 from .sampling import INTERPOLATIONS, TileSet, blend, sample_cells
 from .threads import run_row_chunks
 
@@ -514,13 +514,20 @@ class GridPlan:
 
 
 def _grid(
-    geom: OutputGeometry, survey_frame: str, pixel_order: int, step: int, num_threads: int
+    geom: OutputGeometry,
+    survey_frame: str,
+    pixel_order: int,
+    step: int,
+    num_threads: int,
+    kernel: WcsKernel | None = None,
 ) -> tuple[GridPlan, np.ndarray, np.ndarray, np.ndarray]:
     """The plan at ``step``; per cell the centre error [cells], cells per output pixel and error power."""
     ncx = (geom.width - 1) // step + 1
     ncy = (geom.height - 1) // step + 1
     nside = 1 << pixel_order
+    kernel = kernel if kernel is not None else wcs_kernel(geom.wcs)
     kw = dict(wcs_frame=geom.frame, target_frame=survey_frame, step=float(step), num_threads=num_threads)
+    kw["kernel"] = kernel
 
     def coords(nx: int, ny: int, origin: float):
         lon, lat, valid = pixel_lonlat(geom.wcs, nx, ny, x0=origin, y0=origin, **kw)
@@ -611,15 +618,16 @@ def plan_grid(
     num_threads : int
         Threads for the node positions (0 = every core).
     """
+    kernel = wcs_kernel(geom.wcs)  # once: the probe and the plan map the same WCS
     if step is None:
         probe = min(PROBE_STEP, max(MIN_STEP, max(geom.width, geom.height) // 4))
-        plan, err, scale, power = _grid(geom, survey_frame, pixel_order, probe, num_threads)
+        plan, err, scale, power = _grid(geom, survey_frame, pixel_order, probe, num_threads, kernel)
         step = choose_step(err, scale, power, probe)
         if step == probe:
             return plan
     if step < 1:
         raise ValueError(f"grid step must be >= 1 pixel, got {step}")
-    return _grid(geom, survey_frame, pixel_order, int(step), num_threads)[0]
+    return _grid(geom, survey_frame, pixel_order, int(step), num_threads, kernel)[0]
 
 
 def grid_blend(
