@@ -332,7 +332,13 @@ def pixel_lonlat(
 
 
 def points_lonlat(
-    wcs: WCS, x: np.ndarray, y: np.ndarray, *, wcs_frame: str, target_frame: str
+    wcs: WCS,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    wcs_frame: str,
+    target_frame: str,
+    kernel: WcsKernel | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sky positions of arbitrary output pixels, in ``target_frame`` (same chain as `pixel_lonlat`).
 
@@ -342,6 +348,8 @@ def points_lonlat(
     x, y : ndarray
         0-based pixel coordinates [pixels], same length.
     wcs_frame, target_frame : str
+    kernel : WcsKernel, optional
+        ``wcs_kernel(wcs)``, when the caller already has it.
 
     Returns
     -------
@@ -353,18 +361,14 @@ def points_lonlat(
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     frame_rot = rotation_matrix(wcs_frame, target_frame)
-    w = wcs.wcs
-    w.set()
-    if fast_path_supported(wcs):
-        cd = w.cd if w.has_cd() else w.get_pc() * w.cdelt[:, None]
-        rot = np.ascontiguousarray(frame_rot @ _native_to_celestial(wcs))
+    if kernel is None:
+        kernel = wcs_kernel(wcs)
+    if kernel.code is not None:
+        rot = np.ascontiguousarray(frame_rot @ kernel.native_to_celestial)
         n = x.shape[0]
         lon, lat, scratch = np.empty(n), np.empty(n), np.empty(n)
         valid = np.empty(n, dtype=np.bool_)
-        crpix0 = np.asarray(w.crpix, dtype=float) - 1.0
-        code = FAST_PROJECTIONS[_projection_code(wcs)]
-        cd = np.ascontiguousarray(cd, dtype=float)
-        _points_kernel(code, x, y, crpix0, cd, rot, lon, lat, scratch, valid)
+        _points_kernel(kernel.code, x, y, kernel.crpix0, kernel.cd, rot, lon, lat, scratch, valid)
         _vectors_to_lonlat(lon, lat, scratch)
         return lon, lat, valid
     with np.errstate(invalid="ignore"):
