@@ -76,5 +76,27 @@ def test_other_projections_fall_back_to_astropy():
     assert np.allclose(lon[valid], rlon[valid]) and np.allclose(lat[valid], rlat[valid])
 
 
+def test_wcslib_distortions_fall_back_to_astropy():
+    """A TPD distortion (wcslib's own, as in DSS plate solutions) only shows in the header."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    header = make_geometry(10, 20, 2, 64, 48, "TAN").header()
+    header["CQDIS1"] = header["CQDIS2"] = "TPD"
+    for axis in (1, 2):
+        for record in ("NAXES: 2", "AXIS.1: 1", "AXIS.2: 2", "TPD.FWD.0: 0.0", "TPD.FWD.1: 1.0"):
+            header.append((f"DQ{axis}", record))
+        header.append((f"DQ{axis}", f"TPD.FWD.{axis + 1}: 2.0e-3"))  # a small non-linear term
+    wcs = WCS(fits.Header(header))
+    assert not fast_path_supported(wcs)
+    lon, lat, valid = pixel_lonlat(wcs, 64, 48, wcs_frame="icrs", target_frame="icrs")
+    rlon, rlat, _ = lonlat_reference(wcs, 64, 48, wcs_frame="icrs", target_frame="icrs")
+    assert valid.all() and np.allclose(lon, rlon) and np.allclose(lat, rlat)
+    plain = make_geometry(10, 20, 2, 64, 48, "TAN").wcs
+    assert fast_path_supported(plain)
+    plon, plat, _ = pixel_lonlat(plain, 64, 48, wcs_frame="icrs", target_frame="icrs")
+    assert np.abs(np.degrees(lat - plat)).max() > 1e-4  # the distortion moves pixels: the check matters
+
+
 def test_fast_projection_list_is_what_the_kernel_knows():
     assert set(FAST_PROJECTIONS) == {"TAN", "SIN", "ARC", "ZEA", "STG", "CAR", "AIT", "MOL"}
