@@ -411,6 +411,33 @@ def test_render_sampling_is_configured_grid_or_exact():
         RenderConfig(sampling="mesh")
 
 
+def test_png_deflate_is_configured_with_levels_on_its_own_scale():
+    """`render.png_deflate` (ISA-L by default) and a level its library has; the encode stage passes both."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from pydantic import ValidationError
+
+    from deployments.config import AppConfig, RenderConfig
+    from deployments.encode_stage import Encode
+    from skyrender.display import to_display
+    from skyrender.encode import encode_image
+
+    assert (RenderConfig().png_deflate, RenderConfig().png_compress_level) == ("isal", 2)
+    assert RenderConfig(png_deflate="zlib", png_compress_level=9).png_compress_level == 9
+    with pytest.raises(ValidationError, match="above isal's highest level 3"):
+        RenderConfig(png_compress_level=4)
+    with pytest.raises(ValidationError, match="png_deflate"):
+        RenderConfig(png_deflate="gzip")
+    config = AppConfig.model_validate({"render": {"png_deflate": "zlib", "png_compress_level": 6}})
+    opts = Encode.func_or_class._png_opts(SimpleNamespace(config=config))
+    assert (opts["deflate"], opts["compress_level"]) == ("zlib", 6)
+    data = np.arange(64 * 48, dtype=np.float32).reshape(48, 64)
+    body, media_type = encode_image(to_display(data), "png", **opts)
+    assert media_type == "image/png" and Image.open(io.BytesIO(body)).size == (64, 48)
+
+
 def test_stage_contracts_cross_lean():
     """What the stages hand each other stays small: the geometry travels as header text
     (not astropy's pickled WCS), and a float image goes out of band (Ray's object store
