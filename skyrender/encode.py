@@ -146,10 +146,7 @@ def _indexed_png(
         end = zlib.Z_FINISH if stop == height else zlib.Z_SYNC_FLUSH
         parts[start] = z.compress(raw[start:stop].data) + z.flush(end)
 
-    if len(bands) > 1:
-        run_row_chunks(compress, height, threads)
-    else:
-        compress(0, height)
+    run_row_chunks(compress, height, threads)  # the bands of `bands`; one runs inline
     trailer = struct.pack(">I", isal_zlib.adler32(raw.data))
     idat = _zlib_header(level) + b"".join(parts[a] for a, _ in bands) + trailer
     out = [
