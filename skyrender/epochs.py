@@ -100,16 +100,13 @@ def symmetric_cuts(
     lo, hi = parse_cut(min_cut), parse_cut(max_cut)
     sample = np.abs(cut_sample(diff))
 
-    def resolve(cut: Cut) -> float:
-        return cut.resolve(sample)
-
     if lo is not None and hi is not None:
-        vmin, vmax = resolve(lo), resolve(hi)
+        vmin, vmax = lo.resolve(sample), hi.resolve(sample)
         if vmin > vmax:
             raise DisplayError(f"min cut {min_cut!r} ({vmin:g}) is above max cut {max_cut!r} ({vmax:g})")
         return vmin, vmax
     if lo is not None or hi is not None:
-        m = abs(resolve(lo if lo is not None else hi))
+        m = abs((lo if lo is not None else hi).resolve(sample))
     elif sample.size:
         m = float(percentiles(sample, DEFAULT_DIFFERENCE_PERCENT))
     else:
