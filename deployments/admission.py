@@ -393,13 +393,23 @@ class AdmissionControl:
             # The work ahead must drain by (estimate - usable) before a newcomer fits.
             retry = self._retry_after(estimate - usable_s, work, now)
             return Decision(False, estimate, remaining_s, retry, ahead, basis)
+        self._count_in(work, now)
+        return Decision(True, estimate, remaining_s, 0, ahead, basis)
+
+    def admit_held(self, work: float, estimate_s: float, remaining_s: float) -> Decision:
+        """Admit (and count) ``work`` megapixels let in on arrival with ``estimate_s`` [s], without a
+        new estimate: the request waited for its turn since, and the work counted now is behind it."""
+        ahead = self.work_ahead
+        self._count_in(work, time.monotonic())
+        return Decision(True, estimate_s, remaining_s, 0, ahead, "arrival")
+
+    def _count_in(self, work: float, now: float) -> None:
         self.ahead_work += work
         self.in_flight += 1
         if self.in_flight == 1:
             self._busy_since = now
         typical = self.typical_work
         self.typical_work = work if typical is None else typical + 0.1 * (work - typical)
-        return Decision(True, estimate, remaining_s, 0, ahead, basis)
 
     @property
     def work_ahead(self) -> float:

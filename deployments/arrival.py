@@ -4,8 +4,9 @@ When even a render of the size admitted lately would miss its deadline, a reques
 endpoint gets its 503 + ``Retry-After`` from the headers alone: no body fetched from Serve's
 proxy, no validation, no routing. Under overload most requests are refused, and each refusal
 must cost the ingress next to nothing so that the renders admitted (and health probes) keep
-the cores. Requests that pass go on to the route, whose admission decides with their size; until then
-their place is held, so that requests arriving together see each other.
+the cores. Requests that pass hold their place, so that requests arriving together see each
+other, and wait here for their turn among the renders in progress (`deployments.turns`) before
+anything else is read; their route then admits them as decided here.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from .deadline import InvalidDeadline, Shed
+from .deadline import Deadline, InvalidDeadline, Shed
 from .errors import error_response
 from .request_context import serve_request_id
-from .telemetry import observe_request
+from .shedding import AdmissionGate
+from .telemetry import observe_queue_wait, observe_request
 
 __all__ = ["RENDER_ROUTES", "ShedOnArrival"]
 
@@ -69,23 +71,55 @@ class ShedOnArrival:
                 await self.app(scope, receive, send)
                 return
             # Let in: its place is held until its route admits it (or it ends before that).
-            scope.setdefault("state", {})["arrival_hold"] = shed
+            state = scope.setdefault("state", {})
+            hold = state["arrival_hold"] = shed
+            # The request's time (its deadline, `Server-Timing: app`) counts from its arrival here.
+            state.update(arrived_at=arrived_at, arrived_perf=start)
             try:
+                # Its turn among the renders in progress comes before its body is read: a
+                # burst's renders that must wait anyway cost the loop nothing until then, and
+                # the refusals behind them are read (and answered) sooner.
+                waited_from = time.perf_counter()
+                give_back = await services.chain.turns.take(deadline.remaining())
+                if give_back is None:
+                    late = Shed("ingress", "deadline_passed", 1, hold.estimate_s, deadline.remaining())
+                    await _refuse(scope, receive, send, gate, late, deadline, headers, arrived_at, start)
+                    return
+                waited_s = time.perf_counter() - waited_from
+                observe_queue_wait("ingress", waited_s)
+                state.update(turn_taken=True, release_turn=give_back, turn_waited_s=waited_s)
                 await self.app(scope, receive, send)
             finally:
-                gate.release(shed)
+                gate.release(hold)
+                release_turn = state.pop("release_turn", None)
+                if release_turn is not None:
+                    release_turn()
             return
-        request_id = (headers.get("x-request-id") or serve_request_id() or "")[:128]
-        record = gate.record_shed(request_id, scope["path"], shed, deadline)
-        error = "deadline exceeded" if shed.reason == "deadline_passed" else "overloaded"
-        decided_ms = (time.time() - arrived_at) * 1e3
-        response = error_response(
-            scope["path"],
-            503,
-            {k: v for k, v in record.items() if k not in ("request_id", "endpoint")},
-            {"Retry-After": str(shed.retry_after_s), "Server-Timing": f"decided;dur={decided_ms:.1f}"},
-            error,
-        )
-        await response(scope, receive, send)
-        observe_request(scope["path"], 503, time.perf_counter() - start)
+        await _refuse(scope, receive, send, gate, shed, deadline, headers, arrived_at, start)
 
+
+async def _refuse(
+    scope: dict,
+    receive: Any,
+    send: Any,
+    gate: AdmissionGate,
+    shed: Shed,
+    deadline: Deadline,
+    headers: Headers,
+    arrived_at: float,
+    start: float,
+) -> None:
+    """Answer a render refused before its route: 503, ``Retry-After``, ``Server-Timing: decided``."""
+    request_id = (headers.get("x-request-id") or serve_request_id() or "")[:128]
+    record = gate.record_shed(request_id, scope["path"], shed, deadline)
+    error = "deadline exceeded" if shed.reason == "deadline_passed" else "overloaded"
+    decided_ms = (time.time() - arrived_at) * 1e3
+    response = error_response(
+        scope["path"],
+        503,
+        {k: v for k, v in record.items() if k not in ("request_id", "endpoint")},
+        {"Retry-After": str(shed.retry_after_s), "Server-Timing": f"decided;dur={decided_ms:.1f}"},
+        error,
+    )
+    await response(scope, receive, send)
+    observe_request(scope["path"], 503, time.perf_counter() - start)

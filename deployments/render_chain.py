@@ -143,9 +143,14 @@ class RenderChain:
         deadline = self.deadline(request)
         try:
             arrived_at = getattr(request.state, "arrived_at", None)
-            waited = time.time() - arrived_at if arrived_at is not None else None
+            # From arrival to here, less the wait for a turn (work ahead, which the estimate counts).
+            turn_waited = getattr(request.state, "turn_waited_s", 0.0)
+            waited = time.time() - arrived_at - turn_waited if arrived_at is not None else None
             hold = getattr(request.state, "arrival_hold", None)
-            admitted = self.gate.admit(request.state.request_id, deadline, width, height, waited, hold)
+            turn_taken = getattr(request.state, "turn_taken", False)
+            admitted = self.gate.admit(
+                request.state.request_id, deadline, width, height, waited, hold, turn_taken
+            )
         except Shed as shed:
             raise self._shed(request, shed, deadline) from None
         request.state.admitted = admitted
@@ -156,8 +161,10 @@ class RenderChain:
         """`admit` the render, then wait for its turn among the renders in progress (`RenderTurns`).
 
         Routes call this where they would `admit`; `run` does by itself otherwise. A render
-        whose deadline comes while it waits is dropped (503 + Retry-After). The request
-        context gives the turn back when the request ends, whatever happened.
+        let in on arrival has already waited for its turn there, before its body was read
+        (`deployments.arrival`); the others wait here. A render whose deadline comes while it
+        waits is dropped (503 + Retry-After). The request context gives the turn back when the
+        request ends, whatever happened.
         """
         admitted = self.admit(request, width, height)
         if getattr(request.state, "turn_taken", False):

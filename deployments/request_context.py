@@ -60,8 +60,9 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["render"] = {}
-        state["arrived_at"] = time.time()  # a render's deadline counts from here
-        start = time.perf_counter()
+        # A render's deadline counts from its arrival (here, or in `ShedOnArrival` before its turn).
+        state.setdefault("arrived_at", time.time())
+        start = state.get("arrived_perf") or time.perf_counter()
         answer: dict[str, Any] = {}
 
         async def send_timed(message: dict) -> None:

@@ -71,7 +71,7 @@ async def _hips2fits(svc: Services, request: Request, params: Mapping[str, str])
             "Unknown HiPS", f"no configured survey is called or identified by {query.hips!r}", 404
         )
     geom = query.geometry
-    await svc.chain.start(request, geom.width, geom.height)  # refuse now if too late, else wait its turn
+    await svc.chain.start(request, geom.width, geom.height)  # admitted (or refused now), then its turn
     survey = await svc.catalogue.survey(cfg)
     planned = await svc.chain.plan(svc.catalogue, cfg, survey, geom)
     display = DisplaySpec(

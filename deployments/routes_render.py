@@ -63,7 +63,7 @@ async def _tiles_render(svc: Services, request: Request, body: RenderTilesReques
         raise ApiError(
             400, "invalid tile URL", f"tiles of several orders {orders} cannot be composed into one image"
         )
-    await svc.chain.start(request, width, height)  # refuse now if it cannot be in time; then wait its turn
+    await svc.chain.start(request, width, height)  # admitted (or refused now), then its turn
     survey = await svc.catalogue.survey(cfg)
     try:
         geom = field_of_tiles(tiles, width, height, survey.frame)
@@ -138,7 +138,7 @@ async def preview(svc: ServicesDep, request: Request, body: PreviewRequest) -> R
     cfg = svc.catalogue.config_for(body.survey, body.epoch)
     width, height = requested_size(body, svc.config.limits)
     check_size(svc.config.limits, width, height)
-    await svc.chain.start(request, width, height)  # refuse now if it cannot be in time; then wait its turn
+    await svc.chain.start(request, width, height)  # admitted (or refused now), then its turn
     survey = await svc.catalogue.survey(cfg)
     geom = field_geometry(
         svc.config.limits,

@@ -139,6 +139,8 @@ class ArrivalHold:
     (`AdmissionGate.refuse_on_arrival`, `AdmissionGate.release`)."""
 
     work: float  # [Mpx]
+    estimate_s: float = 0.0  # the typical render's estimate on arrival [s]
+    held_at: float = field(default_factory=time.monotonic)
     released: bool = False
 
 
@@ -184,12 +186,17 @@ class AdmissionGate:
         height: int,
         waited_s: float | None = None,
         hold: ArrivalHold | None = None,
+        turn_taken: bool = False,
     ) -> Admitted:
         """Admit a render of ``width`` x ``height`` pixels, or raise `Shed` (stage ``ingress``).
 
         ``waited_s``: how long the request took from its arrival to here [s] (refusals on
         arrival count on it). ``hold``: its place held since arrival, released here (the
-        decision counts its own work instead).
+        decision counts its own work instead). ``turn_taken``: the request let in on arrival
+        has waited there for its turn among the renders in progress (`deployments.turns`):
+        what was ahead of it has gone, and those counted now came after it, so it is
+        admitted as decided on arrival (unless its deadline has passed; the stages still
+        drop what they cannot finish in time).
         """
         if hold is not None:
             self.release(hold)
@@ -197,6 +204,9 @@ class AdmissionGate:
             self.control.observe_route_delay(waited_s)
         work = work_units(width, height)
         remaining = deadline.remaining()
+        if turn_taken and hold is not None and remaining > 0:
+            decision = self.control.admit_held(work, hold.estimate_s, remaining)
+            return Admitted(request_id, decision, Budget(deadline, work, time.time()), hold.held_at)
         decision = self.control.decide(work, remaining)
         if decision.estimate_s > 0:
             observe_estimate(decision.estimate_s)
@@ -228,8 +238,9 @@ class AdmissionGate:
             typical = self.control.typical_work
             if typical is None or not self.config.admission:
                 return None
+            estimate, _ = self.control.estimate(typical)
             self.control.hold(typical)
-            return ArrivalHold(typical)
+            return ArrivalHold(typical, estimate + self.control.route_delay_s)
         reason = "deadline_passed" if decision.remaining_s <= 0 else "would_miss_deadline"
         shed = Shed("arrival", reason, decision.retry_after_s, decision.estimate_s, decision.remaining_s)
         shed.decision = decision  # type: ignore[attr-defined]  # for the log line

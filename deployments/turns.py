@@ -10,7 +10,9 @@ With at most ``limit`` renders in progress, the iterations stay short and every 
 read, and admitted or refused, within milliseconds. The others wait their turn in arrival
 order at no cost to the loop. Admission already let them in: they would have waited as
 long in compose's queue, and the stages stay busy as long as ``limit`` covers what they
-work on at once.
+work on at once. Renders let in on arrival wait before their bodies are read
+(`deployments.arrival`): until their turn they cost the loop nothing at all, and the
+refusals arriving behind them in a burst are read sooner.
 
 A render that holds its turn longer than ``stall_s`` is waiting on something other than
 our stages' CPU (cold tiles from a slow upstream, another render's fetch of its tiles): it

@@ -421,6 +421,86 @@ def test_a_burst_into_an_idle_service_is_checked_on_arrival_after_its_first_requ
         assert ac.decide(1.0, 4.0).admit
 
 
+def test_a_request_that_waited_its_turn_on_arrival_is_admitted_as_decided_there():
+    """Once it has waited for its turn, what was ahead of it has gone and what the gate
+    counts came after it: its route admits it with its arrival's estimate (calibrated from
+    its arrival), refusing it only if its deadline has passed."""
+    from deployments.config import OverloadConfig
+    from deployments.shedding import AdmissionGate, ArrivalHold
+
+    gate = AdmissionGate(OverloadConfig(headroom=0.0, margin_s=0.1))
+    gate.control._capacity = 1.0  # Mpx/s
+    deadline = deadline_from_headers({}, 4.0, 10.0)
+    gate.admit("r0", deadline, 1000, 1000)  # 1 Mpx in flight
+    first = gate.refuse_on_arrival(deadline)
+    assert isinstance(first, ArrivalHold) and first.estimate_s == pytest.approx(2.0, rel=0.02)
+    later = gate.refuse_on_arrival(deadline)  # arrived after it; 3 s fits the 3.5 s usable
+    assert isinstance(later, ArrivalHold)
+    # Its route, now: r0 + the later hold + itself = 3 Mpx ahead. Without its turn it would be
+    # weighed again (and, with more arrivals behind it, refused); with it, it is let through.
+    admitted = gate.admit("r1", deadline, 1000, 1000, 0.5, first, turn_taken=True)
+    assert admitted.decision.admit and admitted.decision.estimate_s == first.estimate_s
+    assert admitted.admitted_at == first.held_at and first.released
+    assert gate.control.in_flight == 2 and gate.control.held == 1
+    past = deadline_from_headers({}, 0.0, 10.0)
+    hold = gate.release(later) or gate.refuse_on_arrival(deadline)
+    with pytest.raises(Shed) as refused:
+        gate.admit("r2", past, 1000, 1000, None, hold, turn_taken=True)
+    assert refused.value.reason == "deadline_passed"
+
+
+def test_a_render_let_in_waits_for_its_turn_before_its_body_is_read():
+    """`ShedOnArrival` takes the render's turn before the app reads anything: a burst's renders
+    that must wait cost the ingress nothing until their turn, and the route sees it taken."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from deployments.arrival import ShedOnArrival
+    from deployments.config import OverloadConfig
+    from deployments.shedding import AdmissionGate
+    from deployments.turns import RenderTurns
+
+    gate = AdmissionGate(OverloadConfig())
+    gate.control._capacity = 10.0  # Mpx/s: everything fits
+    gate.admit("r0", deadline_from_headers({}, 4.0, 10.0), 512, 512)  # a typical size is known
+    chain = SimpleNamespace(gate=gate, turns=RenderTurns(1))
+    app_state = SimpleNamespace(services=SimpleNamespace(chain=chain))
+    reached: list[tuple[str, dict]] = []
+    release_first = asyncio.Event()
+
+    async def route(scope: dict, receive, send) -> None:
+        reached.append((scope["path"], dict(scope["state"])))
+        if len(reached) == 1:
+            await release_first.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = ShedOnArrival(route)
+
+    def scope() -> dict:
+        app = SimpleNamespace(state=app_state)
+        return {"type": "http", "method": "POST", "path": "/v1/preview", "headers": [], "app": app}
+
+    async def receive() -> dict:
+        raise AssertionError("the middleware itself reads no body")
+
+    async def send(message: dict) -> None:
+        pass
+
+    async def scenario() -> None:
+        first = asyncio.create_task(middleware(scope(), receive, send))
+        second = asyncio.create_task(middleware(scope(), receive, send))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(reached) == 1 and chain.turns.waiting == 1  # the second waits before the app
+        assert reached[0][1]["turn_taken"] and gate.control.held == 2
+        release_first.set()
+        await asyncio.gather(first, second)
+        assert len(reached) == 2 and reached[1][1]["turn_taken"]
+        assert chain.turns.in_progress == 0 and gate.control.held == 0  # both given back
+
+    asyncio.run(scenario())
+
 
 def test_render_turns_go_in_arrival_order_and_never_exceed_the_limit():
     import asyncio
