@@ -183,6 +183,13 @@ class OverloadConfig(BaseModel):
     hips2fits_deadline_s: float = Field(
         10.0, gt=0, description="the default deadline of /hips2fits: scripts wait longer than the portal [s]"
     )
+    answer_grace_s: float = Field(
+        0.5,
+        ge=0,
+        le=1.0,
+        description="how long past a configured deadline the ingress still waits for a render the stages "
+        "took on (the caller's own timeout is later); none past a deadline the caller sent [s]",
+    )
     admission: bool = Field(True, description="refuse at the ingress what cannot finish by its deadline")
     margin_s: float = Field(0.1, ge=0, description="time kept for the answer's way back to the caller [s]")
     headroom: float = Field(

@@ -590,3 +590,36 @@ def test_a_render_stalled_on_its_upstream_stops_holding_back_the_others():
     waited, both, moving = asyncio.run(scenario())
     assert 0.05 <= waited < 1.0, waited
     assert both == 2 and moving == 1
+
+
+def test_a_render_the_stages_took_on_is_awaited_past_our_deadline_but_not_past_the_callers():
+    """Past the configured deadline (ours, below the caller's timeout) the ingress still waits
+    ``answer_grace_s`` for a render in the stages; past a deadline the caller sent, it does not."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from deployments.config import AppConfig, OverloadConfig
+    from deployments.errors import ApiError
+    from deployments.render_chain import RenderChain
+
+    config = AppConfig(overload=OverloadConfig(deadline_s=0.2, answer_grace_s=0.4))
+    chain = RenderChain(config, None, None, None)
+
+    def request(headers: list[tuple[bytes, bytes]]) -> Request:
+        state = {"request_id": "r", "render": {}, "arrived_at": time.time()}
+        scope = {"type": "http", "method": "POST", "path": "/v1/preview", "headers": headers}
+        return Request({**scope, "state": state})
+
+    async def stages(budget, lost) -> SimpleNamespace:
+        await asyncio.sleep(0.3)  # finishes 0.1 s past the 0.2 s deadline
+        return SimpleNamespace(reports=())
+
+    answered = asyncio.run(chain.run(request([]), 64, 64, stages))
+    assert answered.reports == ()
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(chain.run(request([(b"request-timeout", b"0.2")]), 64, 64, stages))
+    assert refused.value.status == 503 and refused.value.error == "deadline exceeded"
+    assert refused.value.headers["Retry-After"] == "1"
+    assert chain.gate.control.in_flight == 0  # both places freed
