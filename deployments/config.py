@@ -187,8 +187,8 @@ class OverloadConfig(BaseModel):
         0.5,
         ge=0,
         le=1.0,
-        description="how long past a configured deadline the ingress still waits for a render the stages "
-        "took on (the caller's own timeout is later); none past a deadline the caller sent [s]",
+        description="how long past a configured deadline an admitted render may still finish: the stages "
+        "and the ingress work to it (the caller's own timeout is later); none past a caller's deadline [s]",
     )
     admission: bool = Field(True, description="refuse at the ingress what cannot finish by its deadline")
     margin_s: float = Field(0.1, ge=0, description="time kept for the answer's way back to the caller [s]")

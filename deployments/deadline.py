@@ -110,6 +110,13 @@ class Deadline:
     def expired(self, now: float | None = None) -> bool:
         return self.remaining(now) <= 0.0
 
+    def extended(self, grace_s: float) -> Deadline:
+        """The deadline for work already taken on: ``grace_s`` [s] later when it is the configured
+        one (below the caller's own timeout), unchanged when the caller sent it (its timeout)."""
+        if self.source != "config" or grace_s <= 0:
+            return self
+        return Deadline(self.start, self.expires + grace_s, self.source)
+
     def check(self, stage: str, need_s: float = 0.0, now: float | None = None) -> None:
         """Raise `Shed` unless ``need_s`` seconds of work still fit before the deadline.
 

@@ -317,14 +317,13 @@ class RenderChain:
         estimate = admitted.decision.estimate_s
         state.update(deadline_s=round(deadline.budget_s, 3), estimate_s=round(estimate, 3))
         lost: list[str] = []  # replica deaths / lost tiles met by this render
-        budget = dataclasses.replace(admitted.budget, sent_at=time.time())  # the first queue starts now
-        # The stages take on nothing past the deadline; a render they took on is awaited a little
-        # longer when the deadline is ours (the caller's own timeout is later), not the caller's.
-        grace_s = self.config.overload.answer_grace_s if deadline.source == "config" else 0.0
+        # Admitted to finish by the deadline, it may still finish a little later when the deadline
+        # is ours (the caller's own timeout comes later): the stages and this wait use that.
+        work_deadline = deadline.extended(self.config.overload.answer_grace_s)
+        # The first queue starts now.
+        budget = dataclasses.replace(admitted.budget, deadline=work_deadline, sent_at=time.time())
         try:
-            result = await asyncio.wait_for(
-                chain(budget, lost), timeout=max(deadline.remaining() + grace_s, 0.0)
-            )
+            result = await asyncio.wait_for(chain(budget, lost), timeout=max(work_deadline.remaining(), 0.0))
         except TimeoutError:
             self.gate.finish(admitted, overran=True)
             state["outcome"] = "timeout"

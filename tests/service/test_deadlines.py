@@ -592,9 +592,9 @@ def test_a_render_stalled_on_its_upstream_stops_holding_back_the_others():
     assert both == 2 and moving == 1
 
 
-def test_a_render_the_stages_took_on_is_awaited_past_our_deadline_but_not_past_the_callers():
-    """Past the configured deadline (ours, below the caller's timeout) the ingress still waits
-    ``answer_grace_s`` for a render in the stages; past a deadline the caller sent, it does not."""
+def test_an_admitted_render_may_finish_past_our_deadline_but_not_past_the_callers():
+    """Past the configured deadline (ours, below the caller's timeout) an admitted render still
+    has ``answer_grace_s`` in the stages and the ingress; past a deadline the caller sent, not."""
     import asyncio
     from types import SimpleNamespace
 
@@ -612,7 +612,10 @@ def test_a_render_the_stages_took_on_is_awaited_past_our_deadline_but_not_past_t
         scope = {"type": "http", "method": "POST", "path": "/v1/preview", "headers": headers}
         return Request({**scope, "state": state})
 
+    budgets = []
+
     async def stages(budget, lost) -> SimpleNamespace:
+        budgets.append(budget)
         await asyncio.sleep(0.3)  # finishes 0.1 s past the 0.2 s deadline
         return SimpleNamespace(reports=())
 
@@ -623,3 +626,14 @@ def test_a_render_the_stages_took_on_is_awaited_past_our_deadline_but_not_past_t
     assert refused.value.status == 503 and refused.value.error == "deadline exceeded"
     assert refused.value.headers["Retry-After"] == "1"
     assert chain.gate.control.in_flight == 0  # both places freed
+    # The stages work to the same deadline: ours plus the grace, the caller's as it is.
+    ours, callers = (b.deadline for b in budgets)
+    assert ours.budget_s == pytest.approx(0.6) and callers.budget_s == pytest.approx(0.2)
+
+
+def test_only_a_configured_deadline_is_extended_for_work_taken_on():
+    ours = deadline_from_headers({}, 4.0, 10.0, now=NOW)
+    assert ours.extended(0.5) == Deadline(NOW, NOW + 4.5, "config")
+    assert ours.extended(0.0) is ours
+    callers = deadline_from_headers({"request-timeout": "3"}, 4.0, 10.0, now=NOW)
+    assert callers.extended(0.5) is callers
