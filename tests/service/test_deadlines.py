@@ -443,7 +443,8 @@ def test_a_request_that_waited_its_turn_on_arrival_is_admitted_as_decided_there(
     assert admitted.admitted_at == first.held_at and first.released
     assert gate.control.in_flight == 2 and gate.control.held == 1
     past = deadline_from_headers({}, 0.0, 10.0)
-    hold = gate.release(later) or gate.refuse_on_arrival(deadline)
+    gate.release(later)
+    hold = gate.refuse_on_arrival(deadline)
     with pytest.raises(Shed) as refused:
         gate.admit("r2", past, 1000, 1000, None, hold, turn_taken=True)
     assert refused.value.reason == "deadline_passed"
