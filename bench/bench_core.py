@@ -62,6 +62,17 @@ def best_of(fn, repeats: int, clock=time.perf_counter) -> float:
     return min(times) if repeats < 3 else statistics.median(times)
 
 
+def interleaved(geom, tiles: TileSet, frame: str, peer_tiles: dict, rounds: int, clock) -> dict[str, float]:
+    """Median [s] by ``clock`` of our grid and exact paths and CDS's method on ``geom``, one core,
+    over ``rounds`` rounds that each run all three (ours grid 3 times, the peer and exact once)."""
+    times: dict[str, list[float]] = {"grid": [], "peer": [], "exact": []}
+    for _ in range(rounds):
+        times["grid"].append(best_of(lambda: reproject(geom, tiles, frame, sampling="grid"), 3, clock))
+        times["peer"].append(peers.hips2fits_method_ms(peer_tiles, 3, geom, frame, 1, clock) / 1e3)
+        times["exact"].append(best_of(lambda: reproject(geom, tiles, frame, sampling="exact"), 1, clock))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def reference(survey_dir: Path, order: int, geom) -> float:
     from reproject import reproject_interp
     from reproject.hips import hips_as_dask_array
@@ -121,30 +132,30 @@ def main(argv: list[str] | None = None) -> int:
             f"{f'TAN 1024x768, {cores} threads':<26}{'bilinear':<10}{sampling:<9}{secs * 1e3:9.1f}"
             f"{1024 * 768 / secs / 1e6:9.2f}{'':>14}{'':>8}"
         )
-    # The peer the issue names: CDS hips2fits' method (astropy WCS + cdshealpix + numpy), one core,
-    # measured between our two paths so that drift in the machine's speed shows.
-    grid = best_of(lambda g=geom: reproject(g, tiles, frame, sampling="grid"), repeats)
-    peer_ms = peers.hips2fits_method_ms(load_tiles(planck, 3), 3, geom, frame, repeats)
-    exact = best_of(lambda g=geom: reproject(g, tiles, frame, sampling="exact"), repeats)
+    # The peer the issue names: CDS hips2fits' method (astropy WCS + cdshealpix + numpy), one core.
+    # Rounds alternate ours and the peer, and each takes the median of its rounds: the cores' speed
+    # drifts by tens of percent within a minute here, and two back-to-back blocks measured two machines.
+    rounds = 3 if args.short else 5
+    peer_tiles = load_tiles(planck, 3)
+    wall = interleaved(geom, tiles, frame, peer_tiles, rounds, time.perf_counter)
     print(
-        f"{'TAN 1024x768, CDS method':<26}{'bilinear':<10}{'':<9}{peer_ms:9.1f}"
-        f"{1024 * 768 / peer_ms / 1e3:9.2f}"
+        f"{'TAN 1024x768, CDS method':<26}{'bilinear':<10}{'':<9}{wall['peer'] * 1e3:9.1f}"
+        f"{1024 * 768 / wall['peer'] / 1e6:9.2f}"
     )
-    for name, secs in (("grid", grid), ("exact", exact)):
+    for name in ("grid", "exact"):
+        secs = wall[name]
         print(
             f"  ours, {name:<5} (1 core): {secs * 1e3:7.1f} ms = {1024 * 768 / secs / 1e6:6.1f} Mpix/s"
-            f" = {peer_ms / secs / 1e3:5.1f}x CDS's method"
+            f" = {wall['peer'] / secs:5.1f}x CDS's method"
         )
-    # The same three in process CPU time: steadier than wall time when others share the cores.
-    cpu = time.process_time
-    cpu_grid = best_of(lambda g=geom: reproject(g, tiles, frame, sampling="grid"), repeats, cpu)
-    cpu_peer = peers.hips2fits_method_ms(load_tiles(planck, 3), 3, geom, frame, repeats, cpu)
-    cpu_exact = best_of(lambda g=geom: reproject(g, tiles, frame, sampling="exact"), repeats, cpu)
-    print(f"  CPU time: CDS's method {cpu_peer:.1f} ms")
-    for name, secs in (("grid", cpu_grid), ("exact", cpu_exact)):
+    # The same in process CPU time: steadier than wall time when others share the cores.
+    cpu = interleaved(geom, tiles, frame, peer_tiles, rounds, time.process_time)
+    print(f"  CPU time: CDS's method {cpu['peer'] * 1e3:.1f} ms")
+    for name in ("grid", "exact"):
+        secs = cpu[name]
         print(
             f"  CPU time: ours, {name:<5} {secs * 1e3:7.1f} ms = {1024 * 768 / secs / 1e6:6.1f} Mpix/s"
-            f" = {cpu_peer / secs / 1e3:5.1f}x CDS's method"
+            f" = {cpu['peer'] / secs:5.1f}x CDS's method"
         )
     plan = plan_grid(geom, frame, tiles.order + tiles.tile_depth)
     err_px, err_cells = pixel_errors(plan, geom, frame)
