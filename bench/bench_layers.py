@@ -17,6 +17,7 @@ then times, interleaved so that both sides see the same machine load:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         app.close()
         upstream.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -108,9 +108,12 @@ def hips2fits_method_ms(repeats: int) -> float:
 def start(upstream: StaticHips, sampling: str) -> tuple[ServeApp, dict[str, float]]:
     """A fresh application with an empty JIT cache, timed from the call until the first
     /v1/preview after /readyz turned 200 [s]; the field's tiles were never fetched."""
+    import atexit
+    import shutil
     import tempfile
 
     jit = tempfile.mkdtemp(prefix="skyrender-jit-")
+    atexit.register(shutil.rmtree, jit, True)  # after the application has stopped using it
     t0 = time.perf_counter()
     app = ServeApp(
         {

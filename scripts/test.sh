@@ -15,6 +15,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s chromium-dri
 fi
 bash scripts/bootstrap.sh test
 export XDG_RUNTIME_DIR="$(mktemp -d)"  # Mesa wants a private 0700 runtime dir
+trap 'rm -rf "$XDG_RUNTIME_DIR"' EXIT
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
 .venv/bin/python bench/bench_core.py --short

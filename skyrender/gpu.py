@@ -31,8 +31,10 @@ tested anyway (``apt-get install mesa-vulkan-drivers libvulkan1``).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import weakref
@@ -426,8 +428,11 @@ class WgpuBlender:
             Cap on one storage binding [bytes], below the device's own limit.
         """
         if not os.environ.get("XDG_RUNTIME_DIR"):
-            # Mesa complains on every call without it; a private 0700 directory is enough.
-            os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="xdg-")
+            # Mesa complains on every call without it; a private 0700 directory is enough,
+            # removed when the process ends.
+            runtime_dir = tempfile.mkdtemp(prefix="xdg-")
+            atexit.register(shutil.rmtree, runtime_dir, True)
+            os.environ["XDG_RUNTIME_DIR"] = runtime_dir
         try:
             import wgpu
 
