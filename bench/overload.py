@@ -141,7 +141,7 @@ async def _watch_loop(phase: Phase, stop_at: float, tick_s: float = 0.005) -> No
 
 async def _run(url: str, clients: int, seconds: float, body: dict, seed: int) -> Phase:
     phase = Phase(clients, seconds)
-    # aiohttp (its C HTTP parser): 1.6-2.2 ms of this process's CPU per request, against 4.4-6.8 ms
+    # aiohttp (its C HTTP parser): 1.6-2.7 ms of this process's CPU per request, against 3.0-5.8 ms
     # with httpx. The load generator stands for callers on other machines; here it shares the 2
     # cores, and under overload (refusals, Retry-After waits) it took twice its share per good
     # answer, CPU that the service's goodput then lacked.
