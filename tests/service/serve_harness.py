@@ -34,6 +34,10 @@ SLOW_MACHINE_DEADLINES = {"deadline_s": 30.0, "max_deadline_s": 30.0, "hips2fits
 _TEST_PORTS = range(20000, 30000)
 
 
+#: The caller's own setting, if any (a module reading metrics sets 1 s for its cluster only).
+_METRICS_INTERVAL_MS = os.environ.get("RAY_metrics_report_interval_ms")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now and that nothing else here picks at random."""
     rng = random.Random()
@@ -101,7 +105,14 @@ class ServeApp:
         for dep in app["deployments"]:
             dep.update((deployments or {}).get(dep["name"], {}))
         self.config = config
-        os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+        # A module that reads the metrics gets them each second; the others (and the benchmarks)
+        # run with Ray's default (10 s), as the service does: each report costs every process CPU.
+        if metrics_port is not None:
+            os.environ["RAY_metrics_report_interval_ms"] = "1000"
+        elif _METRICS_INTERVAL_MS is None:
+            os.environ.pop("RAY_metrics_report_interval_ms", None)
+        else:
+            os.environ["RAY_metrics_report_interval_ms"] = _METRICS_INTERVAL_MS
         # The nodes get Serve's settings the application gives its replicas (as k8s/ sets them on
         # the pods), so that the proxies started here run like the cluster's.
         for name, value in app.get("runtime_env", {}).get("env_vars", {}).items():
