@@ -106,6 +106,11 @@ class CacheConfig(BaseModel):
         default_factory=dict,
         description="custom Ray resources the cache actor asks for (pins it to a worker group on k8s)",
     )
+    ingress_lookup: bool = Field(
+        True,
+        description="the ingress takes a render's tiles from the cache itself when it holds them all, "
+        "without the fetch stage's hop (that stage is still called for any tile not held)",
+    )
     disk_enabled: bool = True
     disk_dir: str = Field(
         "${SKYRENDER_CACHE_DIR:-/tmp/skyrender-cache}", description="scratch volume for tile bytes"

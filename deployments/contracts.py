@@ -2,7 +2,8 @@
 
 ingress ─RenderSpec, [TileRequest]→ fetch ─FetchedTiles→ compose ─Composed→ encode
 (with a DisplaySpec) ─EncodedImage→ ingress. Each stage's handle call takes and returns
-exactly these; nothing is passed as a dict or a tuple.
+exactly these; nothing is passed as a dict or a tuple. When the shared cache holds every
+tile of a render, the ingress makes its FetchedTiles itself (`RenderChain.tiles`).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class DisplaySpec:
 
 @dataclass(frozen=True)
 class FetchedTiles:
-    """What the fetch stage hands to compose.
+    """What the fetch stage hands to compose (or the ingress, from the cache: `RenderChain.tiles`).
 
     ``tiles`` maps npix to the decoded tile, or to an ObjectRef into the object store
     (cache hits: compose reads them from any node).

@@ -8,6 +8,7 @@ the answer's bytes come back to the ingress.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -30,7 +31,7 @@ from .deadline import Budget
 from .errors import ApiError, is_replica_death, message_of, unwrap
 from .http_cache import strong_etag, survey_release
 from .render_answer import image_response
-from .render_chain import tile_requests
+from .render_chain import tile_requests, tiles_via
 from .services import Services
 
 __all__ = ["PlannedLayer", "admit_layers", "check_layer_count", "plan_layer", "run_layers", "survey_epochs"]
@@ -139,6 +140,7 @@ async def _chain(
     spec: Spec,
     budget: Budget,
     lost: list[str],
+    state: dict[str, object],
 ) -> EncodedImage:
     """Every layer's fetch → compose, then one combine; once more if a replica died (noted in ``lost``).
 
@@ -147,11 +149,13 @@ async def _chain(
     """
     layer_budget = dataclasses.replace(budget, work=work_units(geom.width, geom.height))
     for attempt in (1, 2):
+        fetched = await asyncio.gather(
+            *(svc.chain.tiles(list(layer.requests), layer_budget, retry=attempt > 1) for layer in layers)
+        )
+        state["tiles_via"] = ",".join(tiles_via(f) for f in fetched)
         composed = [
-            svc.compose.render.remote(
-                layer.spec, svc.fetch.get_tiles.remote(list(layer.requests), layer_budget), layer_budget
-            )
-            for layer in layers
+            svc.compose.render.remote(layer.spec, tiles, layer_budget)
+            for layer, tiles in zip(layers, fetched, strict=True)
         ]
         try:
             # Responses passed as arguments are resolved by Serve, so the renders go
@@ -202,7 +206,7 @@ async def run_layers(
         request,
         geom.width,
         geom.height * len(layers),  # as `admit_layers` admitted it
-        lambda budget, lost: _chain(svc, geom, layers, spec, budget, lost),
+        lambda budget, lost: _chain(svc, geom, layers, spec, budget, lost, state),
     )
     headers = {
         "X-Layers": ",".join(layer.label for layer in layers),

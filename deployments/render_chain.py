@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 from fastapi.responses import Response
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 import skyrender
 from skyrender.budget import ALLSKY_ORDER, BudgetedPlan, TileBudget, plan_within
@@ -26,18 +26,18 @@ from skyrender.tiles import TileId
 
 from .catalogue import SurveyCatalogue
 from .config import AppConfig, SurveyConfig
-from .contracts import DisplaySpec, EncodedImage, RenderSpec, TileRequest
+from .contracts import DisplaySpec, EncodedImage, FetchedTiles, RenderSpec, TileOutcome, TileRequest
 from .deadline import Budget, Deadline, InvalidDeadline, Shed
 from .errors import ApiError, api_error_of, is_replica_death, message_of, unwrap
 from .http_cache import CachePolicy, if_none_match, strong_etag, survey_release
 from .limits import check_tile_count
 from .render_answer import image_response
 from .shedding import AdmissionGate, Admitted, shed_from_backpressure
-from .telemetry import observe_queue_wait
+from .telemetry import observe_held, observe_queue_wait
 from .tile_urls import tile_location
 from .turns import RenderTurns
 
-__all__ = ["RenderChain", "tile_requests"]
+__all__ = ["RenderChain", "tile_requests", "tiles_via"]
 
 log = logging.getLogger("ray.serve")
 
@@ -77,6 +77,13 @@ class RenderChain:
     ):
         self.config = config
         self.fetch, self.compose, self.encode = fetch, compose, encode
+        # A render whose tiles the shared cache holds takes them from there without the fetch
+        # stage's hop (its Serve call cost more than the lookup it made for us).
+        self.cache = None
+        if config.cache.enabled and config.cache.ingress_lookup:
+            from .tile_cache import CacheReader
+
+            self.cache = CacheReader(config.cache.name)
         # Every rendered image (single or layered) is reusable this long: the configured max-age.
         self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
@@ -285,7 +292,7 @@ class RenderChain:
             request,
             geom.width,
             geom.height,
-            lambda budget, lost: self._chain(requests, spec, display, lost, budget),
+            lambda budget, lost: self._chain(requests, spec, display, lost, budget, state),
         )
         returned_at = time.time()
         return image_response(
@@ -363,15 +370,17 @@ class RenderChain:
         display: DisplaySpec,
         lost: list[str],
         budget: Budget,
+        state: dict[str, object],
     ) -> EncodedImage:
         """fetch → compose → encode, passing each response on; once more if a replica died
         (or tiles were lost with a node), noting it in ``lost``.
 
         The budget (deadline and size) goes with the request to every stage, which drops it
-        rather than compute it too late.
+        rather than compute it too late. `tiles` may answer for the fetch stage.
         """
         for attempt in (1, 2):
-            fetched = self.fetch.get_tiles.remote(requests, budget)
+            fetched = await self.tiles(requests, budget, retry=attempt > 1)
+            state["tiles_via"] = tiles_via(fetched)
             composed = self.compose.render.remote(spec, fetched, budget)
             try:
                 return await self.encode.encode.remote(display, composed, budget)
@@ -381,6 +390,41 @@ class RenderChain:
                 lost.append(message_of(unwrap(exc)))
                 log.warning("a replica died during a render; retrying once: %s", message_of(unwrap(exc)))
         raise AssertionError("unreachable")
+
+    async def tiles(
+        self, requests: list[TileRequest], budget: Budget, *, retry: bool = False
+    ) -> FetchedTiles | DeploymentResponse:
+        """A render's tiles for compose: read here when the shared cache holds every one, else
+        the fetch stage's response (it fetches what is missing, once for every render wanting it).
+
+        A ``retry`` (after a lost replica or lost tiles) always goes through the fetch stage.
+        """
+        held = None if retry else await self._held(requests)
+        return held if held is not None else self.fetch.get_tiles.remote(requests, budget)
+
+    async def _held(self, requests: list[TileRequest]) -> FetchedTiles | None:
+        """`FetchedTiles` of the cache's references when it holds all of ``requests``, else None."""
+        if self.cache is None or not requests or any(r.allsky_npix for r in requests):
+            return None  # an Allsky mosaic is cut into tiles by the fetch stage
+        start, started_at = time.perf_counter(), time.time()
+        refs = await self.cache.held([r.key for r in requests])
+        if refs is None:
+            return None
+        seconds = time.perf_counter() - start
+        observe_held(requests, seconds)
+        finished_at = time.time()
+        return FetchedTiles(
+            tiles={r.npix: ref for r, ref in zip(requests, refs, strict=True)},
+            outcomes={TileOutcome.HIT: len(refs)},
+            seconds=seconds,
+            stamps=(started_at, finished_at),
+            finished_at=finished_at,
+        )
+
+
+def tiles_via(fetched: FetchedTiles | DeploymentResponse) -> str:
+    """Who read a render's tiles (`RenderChain.tiles`), for the log line: "cache" or "fetch"."""
+    return "cache" if isinstance(fetched, FetchedTiles) else "fetch"
 
 
 def _handoffs(dispatched_at: float, stamps: tuple[float, ...], returned_at: float) -> list[tuple[str, float]]:

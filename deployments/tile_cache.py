@@ -26,6 +26,7 @@ import ray
 
 __all__ = [
     "CacheClient",
+    "CacheReader",
     "CacheUnavailable",
     "TileCache",
 ]
@@ -67,6 +68,17 @@ class TileCache:
     async def lease_many(self, keys: list[str]) -> list[tuple[str, list[ray.ObjectRef] | None]]:
         """`lease` of each key, in one call: a render asks for all its tiles at once."""
         return [await self.lease(key) for key in keys]
+
+    async def held_many(self, keys: list[str]) -> list[list[ray.ObjectRef]] | None:
+        """Every key's [ref] when the cache holds them all (counted as hits), else None (nothing
+        counted, no lease taken: the caller asks the fetch stage, which leases them)."""
+        entries = [self._entries.get(key) for key in keys]
+        if any(entry is None for entry in entries):
+            return None
+        for key in keys:
+            self._entries.move_to_end(key)
+        self.counters["hits"] += len(keys)
+        return [entry[0] for entry in entries]  # type: ignore[index]
 
     async def put(self, key: str, array: np.ndarray) -> list[ray.ObjectRef]:
         """Store a decoded tile (the actor owns the object) and wake the waiters."""
@@ -163,6 +175,48 @@ def _unowned(call: Awaitable[Any]) -> Awaitable[Any]:
     task = asyncio.get_running_loop().create_task(call, context=context)
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if we stop waiting
     return asyncio.shield(task)
+
+
+class CacheReader:
+    """Used by the ingress: a render's tiles when the cache holds them all, in one actor call.
+
+    Never starts the cache actor (a fetch replica owns it) and never leases: a render with a
+    tile not held goes to the fetch stage, which fetches it once for every render wanting it.
+    Any trouble with the actor (not there yet, dead, slow) is a None: the fetch stage copes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        namespace: str = "skyrender",
+        call_timeout_s: float = 0.5,  # the lookup takes ~1-3 ms; past this the fetch stage is quicker
+        retry_after_s: float = 2.0,
+    ):
+        self.name, self.namespace = name, namespace
+        self.call_timeout_s, self.retry_after_s = call_timeout_s, retry_after_s
+        self._actor = None
+        self._down_until = 0.0
+
+    async def held(self, keys: list[str]) -> list[ray.ObjectRef] | None:
+        """The ObjectRef of each of ``keys`` when the cache holds them all, else None."""
+        if self._actor is None:
+            if time.monotonic() < self._down_until:
+                return None
+            try:  # a GCS lookup: off the event loop
+                self._actor = await asyncio.to_thread(ray.get_actor, self.name, namespace=self.namespace)
+            except Exception:  # not started yet (no fetch replica has connected), or GCS away
+                self._down_until = time.monotonic() + self.retry_after_s
+                return None
+        try:
+            call = asyncio.wait_for(_submit(self._actor.held_many, (keys,)), timeout=self.call_timeout_s)
+            held = await _unowned(call)
+        except Exception as exc:  # RayActorError, timeouts: look the actor up again later
+            log.info("tile cache lookup failed (%s): renders use the fetch stage", type(exc).__name__)
+            self._actor = None
+            self._down_until = time.monotonic() + self.retry_after_s
+            return None
+        return None if held is None else [refs[0] for refs in held]
 
 
 class CacheClient:

@@ -373,10 +373,8 @@ def test_healthz_then_503_when_upstream_stops(app, upstream):
         upstream.start()
 
 
-def test_request_id_is_echoed_and_logged_as_json(app):
-    r = app.client.post("/v1/preview", json={**FIELD, "ra": 265.0}, headers={"X-Request-ID": "nestjs-req-42"})
-    assert r.status_code == 200 and r.headers["x-request-id"] == "nestjs-req-42"
-    assert app.client.get("/healthz").headers["x-request-id"]  # generated when absent
+def _log_record(request_id: str) -> dict | None:
+    """The ingress's JSON log line of a render, or None after 10 s."""
     import glob
     import time
 
@@ -385,18 +383,49 @@ def test_request_id_is_echoed_and_logged_as_json(app):
     # This cluster's session (session_latest may be another test run's on a shared machine).
     session = ray._private.worker._global_node.get_session_dir_path()
     deadline = time.monotonic() + 10
-    record = None
-    while record is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         for path in glob.glob(f"{session}/logs/serve/replica_skyrender_Ingress_*.log"):
             for line in open(path, encoding="utf-8", errors="replace"):
-                if "nestjs-req-42" in line and "tiles_requested" in line:
-                    outer = json.loads(line)
-                    record = json.loads(outer["message"])
+                if request_id in line and "tiles_requested" in line:
+                    return json.loads(json.loads(line)["message"])
         time.sleep(0.5)
+    return None
+
+
+def test_request_id_is_echoed_and_logged_as_json(app):
+    r = app.client.post("/v1/preview", json={**FIELD, "ra": 265.0}, headers={"X-Request-ID": "nestjs-req-42"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "nestjs-req-42"
+    assert app.client.get("/healthz").headers["x-request-id"]  # generated when absent
+    record = _log_record("nestjs-req-42")
     assert record is not None, "no JSON request line in the ingress log"
     assert record["request_id"] == "nestjs-req-42" and record["status"] == 200 and record["outcome"] == "ok"
     assert record["endpoint"] == "/v1/preview" and record["tiles_requested"] >= 1
     assert {"fetch_ms", "compose_ms", "encode_ms", "tiles_fetched", "tiles_from_cache"} <= set(record)
+
+
+def test_tiles_the_cache_holds_are_read_by_the_ingress_without_the_fetch_stage(app):
+    """A render whose tiles are all cached takes them from the cache actor directly (one call,
+    no fetch-stage hop); the picture is the same as the one rendered through the fetch stage."""
+    import ray
+
+    field = {**FIELD, "ra": 263.2, "dec": -27.5, "fovDeg": 1.5}
+    # Empty the cache, so that the first render's tiles are not all held.
+    ray.get(ray.get_actor("skyrender-tile-cache", namespace="skyrender").clear.remote())
+    hits_before = app.client.get("/v1/stats").json()["cache"]["hits"]
+    first = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-first"})
+    again = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-again"})
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    records = [_log_record("via-first"), _log_record("via-again")]
+    assert None not in records, "no JSON request line in the ingress log"
+    assert [r["tiles_via"] for r in records] == ["fetch", "cache"]
+    tiles = records[1]["tiles_requested"]
+    assert records[1]["tiles_from_cache"] == tiles and records[1]["tiles_fetched"] == 0
+    # The cache counted the second render's tiles as hits.
+    assert app.client.get("/v1/stats").json()["cache"]["hits"] >= hits_before + tiles
+    # The hand-off to the fetch stage is gone: the lookup starts as the chain does.
+    timing = dict(e.strip().split(";dur=") for e in again.headers["server-timing"].split(","))
+    assert float(timing["hop-fetch"]) < 2.0
 
 
 def test_render_sampling_is_configured_grid_or_exact():
