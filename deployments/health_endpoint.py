@@ -68,7 +68,10 @@ class HealthEndpoint:
     async def _refresh(self) -> None:
         while True:
             try:
-                self._latest = (time.monotonic(), await self._ask())
+                # Timed when it arrives: the ingress made it then, however long the ask waited
+                # (for a replica to start, or behind a loaded event loop).
+                answer = await self._ask()
+                self._latest = (time.monotonic(), answer)
             except Exception as exc:  # the ingress starting, restarting or stuck: said by age
                 self._error = f"{type(exc).__name__}: {exc}"[:500]
             await asyncio.sleep(self.period_s)

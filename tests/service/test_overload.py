@@ -211,3 +211,38 @@ def test_probes_are_answered_by_the_health_applications(served):
         assert app.client.get(f"{path}/more").status_code == 404
     # /livez stays the ingress's own (liveness of its event loop): no Age.
     assert "age" not in app.client.get("/livez").headers
+
+
+def test_a_probe_answer_is_as_old_as_its_arrival_not_its_ask():
+    """An answer the ingress gave late (a replica still starting, a busy event loop) is fresh
+    when it arrives: its age starts then, or a probe right after would call it stale (503)."""
+    import asyncio
+
+    from deployments.health_endpoint import HealthEndpoint
+
+    class SlowIngress:  # the handle's health_answer, answering after `delay_s`
+        def __init__(self, delay_s: float):
+            self.delay_s = delay_s
+            self.health_answer = self
+
+        def remote(self, path: str, live: bool):
+            async def answer():
+                await asyncio.sleep(self.delay_s)
+                return 200, b"{}", {}
+
+            return answer()
+
+    async def scenario() -> float:
+        endpoint = object.__new__(HealthEndpoint.func_or_class)
+        endpoint.path, endpoint.period_s, endpoint.max_age_s, endpoint.timeout_s = "/healthz", 10.0, 0.5, 5.0
+        endpoint.ingress = SlowIngress(0.6)  # longer than max_age_s
+        endpoint._latest, endpoint._error = None, "no answer from the ingress yet"
+        refresher = asyncio.get_running_loop().create_task(endpoint._refresh())
+        try:
+            while endpoint._latest is None:
+                await asyncio.sleep(0.01)
+            return time.monotonic() - endpoint._latest[0]
+        finally:
+            refresher.cancel()
+
+    assert asyncio.run(scenario()) < 0.1
