@@ -78,6 +78,25 @@ def scrape_metrics(port: int) -> dict[str, list]:
     return out
 
 
+def ingress_log_record(request_id: str, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """The ingress's JSON log line of the render with ``request_id``, or None after ``timeout_s``."""
+    import glob
+    import json
+
+    import ray
+
+    # This cluster's session (session_latest may be another test run's on a shared machine).
+    session = ray._private.worker._global_node.get_session_dir_path()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for path in glob.glob(f"{session}/logs/serve/replica_skyrender_Ingress_*.log"):
+            for line in open(path, encoding="utf-8", errors="replace"):
+                if request_id in line and "tiles_requested" in line:
+                    return json.loads(json.loads(line)["message"])
+        time.sleep(0.5)
+    return None
+
+
 class ServeApp:
     """A running Serve application; ``url`` is its HTTP base URL."""
 

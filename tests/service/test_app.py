@@ -19,7 +19,7 @@ from skyrender.geometry import make_geometry
 from skyrender.properties import load_survey
 from skyrender.render import render_field
 
-from .serve_harness import REPO_ROOT, ServeApp, load_config
+from .serve_harness import REPO_ROOT, ServeApp, ingress_log_record, load_config
 
 CACHE_BYTES = 8 * 1024 * 1024  # 8 DSS2 tiles (512² float32): small enough to evict
 
@@ -373,30 +373,11 @@ def test_healthz_then_503_when_upstream_stops(app, upstream):
         upstream.start()
 
 
-def _log_record(request_id: str) -> dict | None:
-    """The ingress's JSON log line of a render, or None after 10 s."""
-    import glob
-    import time
-
-    import ray
-
-    # This cluster's session (session_latest may be another test run's on a shared machine).
-    session = ray._private.worker._global_node.get_session_dir_path()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for path in glob.glob(f"{session}/logs/serve/replica_skyrender_Ingress_*.log"):
-            for line in open(path, encoding="utf-8", errors="replace"):
-                if request_id in line and "tiles_requested" in line:
-                    return json.loads(json.loads(line)["message"])
-        time.sleep(0.5)
-    return None
-
-
 def test_request_id_is_echoed_and_logged_as_json(app):
     r = app.client.post("/v1/preview", json={**FIELD, "ra": 265.0}, headers={"X-Request-ID": "nestjs-req-42"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "nestjs-req-42"
     assert app.client.get("/healthz").headers["x-request-id"]  # generated when absent
-    record = _log_record("nestjs-req-42")
+    record = ingress_log_record("nestjs-req-42")
     assert record is not None, "no JSON request line in the ingress log"
     assert record["request_id"] == "nestjs-req-42" and record["status"] == 200 and record["outcome"] == "ok"
     assert record["endpoint"] == "/v1/preview" and record["tiles_requested"] >= 1
@@ -416,7 +397,7 @@ def test_tiles_the_cache_holds_are_read_by_the_ingress_without_the_fetch_stage(a
     again = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-again"})
     assert first.status_code == again.status_code == 200
     assert again.content == first.content
-    records = [_log_record("via-first"), _log_record("via-again")]
+    records = [ingress_log_record("via-first"), ingress_log_record("via-again")]
     assert None not in records, "no JSON request line in the ingress log"
     assert [r["tiles_via"] for r in records] == ["fetch", "cache"]
     tiles = records[1]["tiles_requested"]

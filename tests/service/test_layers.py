@@ -25,7 +25,7 @@ from skyrender.geometry import make_geometry
 from tests.core.test_layers import fit_source
 from tests.epoch_fields import FADE, INJECTED_PEAK, build_epochs
 
-from .serve_harness import SLOW_MACHINE_DEADLINES, ServeApp
+from .serve_harness import SLOW_MACHINE_DEADLINES, ServeApp, ingress_log_record
 
 MAX_AGE_S = 600  # render.cache_max_age_s of this module's app (the default is 3600)
 
@@ -409,6 +409,22 @@ def test_layered_pictures_carry_a_strong_etag(app):
     assert first.headers["cache-control"] == f"public, max-age={MAX_AGE_S}"
     other = {**body, "layers": [layers[0], {**layers[1], "opacity": 0.4}]}
     assert app.client.post("/v1/composite", json=other).headers["etag"] != etag
+
+
+def test_layers_whose_tiles_are_cached_are_read_by_the_ingress(app):
+    """Each layer's tiles come from the cache through the ingress when it holds them all, and
+    the picture is the one made through the fetch stage."""
+    import ray
+
+    body = {**GC, "mode": "rgb", "layers": BANDS}
+    ray.get(ray.get_actor("skyrender-tile-cache", namespace="skyrender").clear.remote())
+    first = app.client.post("/v1/composite", json=body, headers={"X-Request-ID": "layers-via-first"})
+    again = app.client.post("/v1/composite", json=body, headers={"X-Request-ID": "layers-via-again"})
+    assert _rgb(first).tobytes() == _rgb(again).tobytes()
+    records = [ingress_log_record("layers-via-first"), ingress_log_record("layers-via-again")]
+    assert None not in records, "no JSON request line in the ingress log"
+    assert records[0]["tiles_via"] == ",".join(["fetch"] * len(BANDS))
+    assert records[1]["tiles_via"] == ",".join(["cache"] * len(BANDS))
 
 
 # -- admission ---------------------------------------------------------------------------
