@@ -24,6 +24,7 @@ from skyrender.geometry import OutputGeometry
 from skyrender.properties import HipsSurvey
 from skyrender.tiles import TileId
 
+from .admission import MIN_WORK, StageReport
 from .catalogue import SurveyCatalogue
 from .config import AppConfig, SurveyConfig
 from .contracts import DisplaySpec, EncodedImage, FetchedTiles, RenderSpec, TileOutcome, TileRequest
@@ -399,11 +400,16 @@ class RenderChain:
 
         A ``retry`` (after a lost replica or lost tiles) always goes through the fetch stage.
         """
-        held = None if retry else await self._held(requests)
+        held = None if retry else await self._held(requests, budget)
         return held if held is not None else self.fetch.get_tiles.remote(requests, budget)
 
-    async def _held(self, requests: list[TileRequest]) -> FetchedTiles | None:
-        """`FetchedTiles` of the cache's references when it holds all of ``requests``, else None."""
+    async def _held(self, requests: list[TileRequest], budget: Budget) -> FetchedTiles | None:
+        """`FetchedTiles` of the cache's references when it holds all of ``requests``, else None.
+
+        Its report gives the admission model this render's time for its tiles: otherwise only
+        renders that missed the cache (upstream fetches, far slower) would report the fetch
+        stage's time, and the model would expect every render to take that long.
+        """
         if self.cache is None or not requests or any(r.allsky_npix for r in requests):
             return None  # an Allsky mosaic is cut into tiles by the fetch stage
         start, started_at = time.perf_counter(), time.time()
@@ -413,12 +419,15 @@ class RenderChain:
         seconds = time.perf_counter() - start
         observe_held(requests, seconds)
         finished_at = time.time()
+        # No service time: the lookup is the cache actor's, not a fetch replica's capacity.
+        report = StageReport("fetch", "ingress", 0.0, seconds / max(budget.work, MIN_WORK), 0.0, seconds)
         return FetchedTiles(
             tiles={r.npix: ref for r, ref in zip(requests, refs, strict=True)},
             outcomes={TileOutcome.HIT: len(refs)},
             seconds=seconds,
             stamps=(started_at, finished_at),
             finished_at=finished_at,
+            reports=(report,),
         )
 
 

@@ -638,3 +638,33 @@ def test_only_a_configured_deadline_is_extended_for_work_taken_on():
     assert ours.extended(0.0) is ours
     callers = deadline_from_headers({"request-timeout": "3"}, 4.0, 10.0, now=NOW)
     assert callers.extended(0.5) is callers
+
+
+def test_a_render_whose_tiles_came_from_the_cache_reports_that_time_for_the_fetch():
+    """Read in the ingress, the tiles' time goes to the admission model as the fetch stage's
+    latency; otherwise the last upstream fetch (seconds) would stand for every warm render."""
+    import asyncio
+
+    from deployments.config import AppConfig
+    from deployments.contracts import TileRequest
+    from deployments.deadline import Budget
+    from deployments.render_chain import RenderChain
+
+    class HeldCache:  # the cache actor's lookup: every tile held
+        async def held(self, keys):
+            await asyncio.sleep(0.002)
+            return [f"ref:{k}" for k in keys]
+
+    chain = RenderChain(AppConfig(), None, None, None)  # no stage is called: the tiles are held
+    chain.cache = HeldCache()
+    requests = [TileRequest(n, f"s/3/{n}.fits", f"http://h/Npix{n}.fits", "fits") for n in (4, 5)]
+    budget = Budget(Deadline(NOW, NOW + 4.0, "config"), work=0.5, sent_at=NOW)
+    fetched = asyncio.run(chain.tiles(requests, budget))
+    assert fetched.tiles == {4: "ref:s/3/4.fits", 5: "ref:s/3/5.fits"}
+    (report,) = fetched.reports
+    assert report.stage == "fetch" and report.service_s_per_work == 0.0
+    assert report.latency_s_per_work == pytest.approx(fetched.seconds / 0.5)
+    ac = AdmissionControl()
+    ac.observe([StageReport("fetch", "f1", 0.0, 4.0)])  # an upstream fetch: 2 s for 0.5 Mpx
+    ac.observe(list(fetched.reports))
+    assert ac.stages["fetch"].latency == report.latency_s_per_work < 0.1
