@@ -11,10 +11,11 @@ Indexed PNG at zlib level 1 is ~6x faster and half the size of RGBA (measured on
 1024×768 render: 12 ms / 501 kB against 71 ms / 1053 kB), and sky images are too noisy
 for higher zlib levels to pay.
 
-Indexed pictures are deflated by ISA-L (`isal`, Intel's Intelligent Storage Acceleration
+Pictures are deflated by ISA-L (`isal`, Intel's Intelligent Storage Acceleration
 Library) by default: its level 2 deflates a 1024×768 sky picture in ~2.8 ms against
-zlib's ~14 ms at level 1, for files 2-4 % larger (`PNG_DEFLATERS`). Both write the same
-standard deflate stream; any PNG reader decodes either.
+zlib's ~14 ms at level 1, for files 2-4 % larger (`PNG_DEFLATERS`); a colour picture's
+rows are written with PNG's Up filter (5x faster than Pillow's zlib file, ~25 % larger).
+Both write the same standard deflate stream; any PNG reader decodes either.
 """
 
 from __future__ import annotations
@@ -120,24 +121,14 @@ def _zlib_header(level: int) -> bytes:
     return bytes((cmf, flg))
 
 
-def _indexed_png(
-    img: DisplayImage, masked: bool, deflate: str, level: int, strategy: int, num_threads: int
-) -> bytes:
-    """A palette PNG of ``img`` (rows top-down), deflated by ``deflate`` at ``level``.
+def _idat(raw: np.ndarray, deflate: str, level: int, strategy: int, threads: int) -> bytes:
+    """The zlib stream of PNG's filtered rows ``raw`` (height, 1 + row bytes), deflated in row bands.
 
-    A picture of `PARALLEL_PNG_PIXELS` or more is deflated in row bands at once: each band
-    a raw deflate stream ended by a sync flush (the last one finished), so that the bands
-    concatenate into one zlib stream (pigz's method). The file is PNG's chunk layout
-    (RFC 2083) as Pillow writes it for mode "P", filter type None on every row: IHDR,
-    PLTE, tRNS (index 255 transparent), IDAT, IEND.
+    With ``threads`` > 1 the bands are deflated at once: each band a raw deflate stream ended by
+    a sync flush (the last one finished), so that the bands concatenate into one zlib stream
+    (pigz's method).
     """
-    height, width = img.index.shape
-    raw = np.empty((height, width + 1), dtype=np.uint8)
-    raw[:, 0] = 0  # filter type None on every row, as Pillow does for palette images
-    raw[:, 1:] = img.index[::-1]
-    if masked:  # no-data pixels take the reserved (transparent) index, whatever theirs
-        np.copyto(raw[:, 1:], np.uint8(NO_DATA_INDEX), where=img.mask[::-1])
-    threads = num_threads if img.index.size >= PARALLEL_PNG_PIXELS else 1
+    height = raw.shape[0]
     bands = row_chunks(height, threads)
     parts: dict[int, bytes] = {}
 
@@ -148,7 +139,25 @@ def _indexed_png(
 
     run_row_chunks(compress, height, threads)  # the bands of `bands`; one runs inline
     trailer = struct.pack(">I", isal_zlib.adler32(raw.data))
-    idat = _zlib_header(level) + b"".join(parts[a] for a, _ in bands) + trailer
+    return _zlib_header(level) + b"".join(parts[a] for a, _ in bands) + trailer
+
+
+def _indexed_png(
+    img: DisplayImage, masked: bool, deflate: str, level: int, strategy: int, num_threads: int
+) -> bytes:
+    """A palette PNG of ``img`` (rows top-down), deflated by ``deflate`` at ``level``.
+
+    A picture of `PARALLEL_PNG_PIXELS` or more is deflated in row bands at once (`_idat`).
+    The file is PNG's chunk layout (RFC 2083) as Pillow writes it for mode "P", filter type
+    None on every row: IHDR, PLTE, tRNS (index 255 transparent), IDAT, IEND.
+    """
+    height, width = img.index.shape
+    raw = np.empty((height, width + 1), dtype=np.uint8)
+    raw[:, 0] = 0  # filter type None on every row, as Pillow does for palette images
+    raw[:, 1:] = img.index[::-1]
+    if masked:  # no-data pixels take the reserved (transparent) index, whatever theirs
+        np.copyto(raw[:, 1:], np.uint8(NO_DATA_INDEX), where=img.mask[::-1])
+    threads = num_threads if img.index.size >= PARALLEL_PNG_PIXELS else 1
     out = [
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)),
@@ -156,8 +165,39 @@ def _indexed_png(
     ]
     if masked:
         out.append(_png_chunk(b"tRNS", b"\xff" * NO_DATA_INDEX + b"\x00"))
-    out += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
+    out += [_png_chunk(b"IDAT", _idat(raw, deflate, level, strategy, threads)), _png_chunk(b"IEND", b"")]
     return b"".join(out)
+
+
+def _colour_png(img: DisplayImage, masked: bool, level: int, num_threads: int) -> bytes:
+    """An RGB PNG of ``img`` (RGBA, alpha 0 where no data, when ``masked``), deflated by ISA-L.
+
+    Every row but the first is written with PNG's Up filter (the byte above subtracted),
+    which lets a fast deflater find the smooth sky's redundancy: on a 1024×768 three-survey
+    composite, 7.7 ms and 842 kB against Pillow's 42.5 ms and 679 kB (adaptive filters,
+    Huffman-only zlib); unfiltered rows deflated to 1.7 MB.
+    """
+    height, width = img.mask.shape
+    pixels = img.rgb[::-1]
+    if masked:
+        alpha = np.where(img.mask[::-1], np.uint8(0), np.uint8(255))
+        pixels = np.dstack([pixels, alpha])
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, -1)
+    raw = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    raw[0, 0] = 0  # None: nothing above the first row
+    raw[0, 1:] = rows[0]
+    raw[1:, 0] = 2  # Up
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # modulo 256, as PNG's filters are
+    threads = num_threads if img.mask.size >= PARALLEL_PNG_PIXELS else 1
+    colour_type = 6 if masked else 2
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)),
+            _png_chunk(b"IDAT", _idat(raw, "isal", level, zlib.Z_DEFAULT_STRATEGY, threads)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
 
 
 def encode_png(
@@ -178,16 +218,18 @@ def encode_png(
         Deflate level, on ``deflate``'s own scale (`PNG_DEFLATERS`): ISA-L 0..3, zlib
         0..9. Low levels are the right choice for noisy sky images.
     deflate : {"isal", "zlib"}
-        Library deflating a single-band picture. Colour pictures are Pillow's, with
-        zlib at ``compress_level``.
+        Library deflating the picture. ``isal`` writes the file here (palette, or RGB(A)
+        rows with PNG's Up filter: `_colour_png`); a colour picture with ``zlib`` is
+        Pillow's file (its adaptive row filters), at ``compress_level``.
     huffman_only : bool
         zlib's Z_HUFFMAN_ONLY strategy (no string matching after PNG's row filters).
         On a 1024×768 RGB sky composite: ~30 % faster and 25 % smaller than the
         default strategy (651 against 873 kB); lossless either way. ISA-L has no such
-        strategy: ignored for a single-band picture deflated by it.
+        strategy: ignored for a picture deflated by it.
     num_threads : int
-        Threads deflating a single-band picture of at least `PARALLEL_PNG_PIXELS` pixels,
-        in row bands (0: every core). The picture is the same; the file is ~0.1 % larger.
+        Threads deflating a picture of at least `PARALLEL_PNG_PIXELS` pixels deflated by
+        ISA-L or a single-band one by zlib, in row bands (0: every core). The picture is
+        the same; the file is ~0.1 % larger.
 
     Returns
     -------
@@ -213,6 +255,8 @@ def encode_png(
     if not img.is_colour:
         strategy = zlib.Z_HUFFMAN_ONLY if huffman_only else zlib.Z_DEFAULT_STRATEGY
         return _indexed_png(img, masked, deflate, level, strategy, num_threads)
+    if deflate == "isal":
+        return _colour_png(img, masked, level, num_threads)
     params: dict[str, Any] = {"format": "PNG", "compress_level": level, "optimize": False}
     if huffman_only:
         params["compress_type"] = zlib.Z_HUFFMAN_ONLY

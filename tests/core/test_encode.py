@@ -162,6 +162,33 @@ def test_colour_png_rgb_and_rgba():
     assert alpha[0, 5] == 0 and alpha.sum() == 255 * (alpha.size - 1)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("deflate", "level"), [("isal", 0), ("isal", 2), ("isal", 3), ("zlib", 1)])
+def test_a_colour_png_decodes_to_the_picture_whatever_the_deflater_and_threads(
+    horsehead, masked, deflate, level
+):
+    """RGB (RGBA when any pixel has no data) written here with Up-filtered rows deflated by
+    ISA-L in row bands, or Pillow's with zlib: Pillow reads back the picture, top row first."""
+    from skyrender.encode import PARALLEL_PNG_PIXELS
+
+    data, _ = horsehead
+    big = np.tile(data, (4, 3))[:768, :1024].copy()  # 1024x768, noisy real sky
+    colour = np.stack([big, np.roll(big, 37, axis=1), big[::-1]]).astype(np.float32)
+    if masked:
+        colour[1, 100:300, 50:90] = np.nan
+    img = to_display(colour, stretch="asinh")
+    assert img.is_colour and img.mask.size >= PARALLEL_PNG_PIXELS and bool(img.mask.any()) == masked
+    for n in (3, 1):
+        data_png = encode_png(img, compress_level=level, deflate=deflate, num_threads=n)
+        im = _open(data_png)
+        assert im.mode == ("RGBA" if masked else "RGB") and im.size == (1024, 768)
+        px = np.asarray(im)
+        np.testing.assert_array_equal(px[..., :3][::-1], img.rgb)
+        if masked:
+            np.testing.assert_array_equal(px[..., 3][::-1] == 0, img.mask)
+        assert len(data_png) < 0.8 * img.rgb.nbytes  # it does compress
+
+
 @pytest.mark.parametrize("level", [-1, 10, 1.0, "1", None, True])
 def test_png_bad_compress_level(level):
     for deflate in ("isal", "zlib"):
