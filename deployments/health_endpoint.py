@@ -62,8 +62,21 @@ class HealthEndpoint:
         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
 
     async def _ask(self, live: bool = False) -> tuple[int, bytes, dict[str, str]]:
-        response = self.ingress.health_answer.remote(self.path, live)
-        return await asyncio.wait_for(response, timeout=self.timeout_s)
+        """The ingress's answer, or TimeoutError after ``timeout_s`` (seconds).
+
+        Not `asyncio.wait_for`: on its timeout it waits for the cancelled call to end, and a call
+        still waiting for the ingress replica to start can take long to: the next ask, which the
+        started replica would answer at once, waited behind it.
+        """
+        call = asyncio.ensure_future(self._call(live))
+        done, _ = await asyncio.wait({call}, timeout=self.timeout_s)
+        if not done:
+            call.cancel()  # not awaited, for the reason above
+            raise TimeoutError(f"no answer from the ingress in {self.timeout_s:g} s")
+        return call.result()
+
+    async def _call(self, live: bool) -> tuple[int, bytes, dict[str, str]]:
+        return await self.ingress.health_answer.remote(self.path, live)
 
     async def _refresh(self) -> None:
         while True:

@@ -156,16 +156,20 @@ class ServeApp:
         client = serve_api.serve_start(http_options=config["http_options"])
         client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
         deadline = time.monotonic() + timeout_s
+        names = [a["name"] for a in config["applications"]]  # the probe applications too
         while True:
-            status = serve.status().applications.get(app["name"])
-            if status is not None and status.status == "RUNNING":
+            statuses = serve.status().applications
+            pending = [n for n in names if n not in statuses or statuses[n].status != "RUNNING"]
+            if not pending:
                 break
-            if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            bad = ("DEPLOY_FAILED", "UNHEALTHY")
+            failed = [statuses[n] for n in pending if n in statuses and statuses[n].status in bad]
+            if failed:
                 self.close()
-                raise RuntimeError(f"application failed: {status.message}")
+                raise RuntimeError(f"application failed: {failed[0].message}")
             if time.monotonic() > deadline:
                 self.close()
-                raise TimeoutError(f"application not RUNNING after {timeout_s} s: {status}")
+                raise TimeoutError(f"applications {pending} not RUNNING after {timeout_s} s")
             time.sleep(0.5)
         self.client = httpx.Client(base_url=self.url, timeout=60.0)
         # The proxy may need a moment after RUNNING.
@@ -175,6 +179,15 @@ class ServeApp:
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
+        # /healthz's application answers from the ingress's latest answer: wait for its first, as
+        # a caller of the started service gets (until then a 503 "ingress not answering").
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/healthz").json().get("error") != "ingress not answering":
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(0.2)
 
     def compose_renders(self, timeout_s: float = 10.0) -> int:
         """Compose's render count, asked live (``Cache-Control: no-cache``): /healthz otherwise

@@ -246,3 +246,48 @@ def test_a_probe_answer_is_as_old_as_its_arrival_not_its_ask():
             refresher.cancel()
 
     assert asyncio.run(scenario()) < 0.1
+
+
+def test_a_probe_ask_that_outlasts_its_timeout_does_not_hold_the_next():
+    """The first ask can wait for the ingress replica to start, and such a call may take long to
+    end once cancelled: the next ask goes out at once and its answer is kept when it comes."""
+    import asyncio
+
+    from deployments.health_endpoint import HealthEndpoint
+
+    class StartingIngress:  # the first call ends 3 s after it is made, cancelled or not
+        def __init__(self):
+            self.calls = 0
+            self.health_answer = self
+
+        def remote(self, path: str, live: bool):
+            self.calls += 1
+            first = self.calls == 1
+
+            async def answer():
+                if first:
+                    end = time.monotonic() + 3.0
+                    while time.monotonic() < end:
+                        try:
+                            await asyncio.sleep(end - time.monotonic())
+                        except asyncio.CancelledError:
+                            continue  # a call that ends in its own time
+                return 200, b"{}", {}
+
+            return answer()
+
+    async def scenario() -> float:
+        endpoint = object.__new__(HealthEndpoint.func_or_class)
+        endpoint.path, endpoint.period_s, endpoint.max_age_s, endpoint.timeout_s = "/healthz", 0.1, 10.0, 0.5
+        endpoint.ingress = StartingIngress()
+        endpoint._latest, endpoint._error = None, "no answer from the ingress yet"
+        start = time.monotonic()
+        refresher = asyncio.get_running_loop().create_task(endpoint._refresh())
+        try:
+            while endpoint._latest is None:
+                await asyncio.sleep(0.01)
+            return time.monotonic() - start
+        finally:
+            refresher.cancel()
+
+    assert asyncio.run(scenario()) < 1.5  # the timeout, one period and the second answer
