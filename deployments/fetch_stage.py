@@ -20,7 +20,7 @@ from skyrender.errors import TileDecodeError
 
 from .config import AppConfig
 from .contracts import FetchedTiles, TileOutcome, TileRequest
-from .deadline import Budget, Shed
+from .deadline import Budget, Deadline, Shed
 from .shedding import StageGuard
 from .telemetry import metrics, observe_stage, observe_tile
 
@@ -160,14 +160,18 @@ class TileFetch:
         )
         return stack
 
-    async def _one(self, req: TileRequest, lease: tuple[str, Any] | None = None) -> tuple[Any, TileOutcome]:
+    async def _one(
+        self, req: TileRequest, lease: tuple[str, Any] | None = None, deadline: Deadline | None = None
+    ) -> tuple[Any, TileOutcome]:
         location, fmt = req.location, req.format
         decode = self._decoded_allsky if req.allsky_npix else self._decoded
         try:
             if self.cache is None or lease == _NO_CACHE:
                 array, how = await decode(location, fmt), "fetched" if self.cache is None else "nocache"
             else:
-                array, how = await self.cache.get_or_fetch(req.key, lambda: decode(location, fmt), lease)
+                array, how = await self.cache.get_or_fetch(
+                    req.key, lambda: decode(location, fmt), lease, deadline
+                )
         except Exception as exc:
             observe_tile(location, type(exc).__name__)
             raise
@@ -195,19 +199,20 @@ class TileFetch:
         report = self.guard.leave(run, budget)
         return dataclasses.replace(fetched, finished_at=time.time(), reports=(report,))
 
-    async def _gather(self, requests: list[TileRequest]) -> list[Any]:
+    async def _gather(self, requests: list[TileRequest], budget: Budget | None = None) -> list[Any]:
         """Each tile, or the exception fetching it raised, concurrently."""
         # One call to the cache actor for every tile's lease: its round trips cost CPU on both
         # sides, and a render needs several tiles.
         leases: list[Any] = [None] * len(requests)
+        deadline = budget.deadline if budget is not None else None
         if self.cache is not None and len(requests) > 1:
-            leased = await self.cache.lease_many([r.key for r in requests])
+            leased = await self.cache.lease_many([r.key for r in requests], deadline)
             leases = list(leased) if leased is not None else [_NO_CACHE] * len(requests)
         started: set[int] = set()
 
         async def one(i: int, req: TileRequest, lease: Any) -> tuple[Any, TileOutcome]:
             started.add(i)
-            return await self._one(req, lease)
+            return await self._one(req, lease, deadline)
 
         try:
             return await asyncio.gather(
@@ -235,7 +240,7 @@ class TileFetch:
         missing: list[str] = []
         broken: dict[str, str] = {}
         outcomes: dict[TileOutcome, int] = {}
-        gathered = self._gather(requests)
+        gathered = self._gather(requests, budget)
         # The fetcher's own timeouts hold per tile; the request's deadline bounds them all.
         left = budget.deadline.remaining() if budget is not None else None
         bound = None if left is None else max(left - _REPORT_S, 0.0)

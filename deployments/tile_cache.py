@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import ray
 
+from .deadline import Deadline
+
 __all__ = [
     "CacheClient",
     "CacheReader",
@@ -32,6 +34,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("ray.serve")
+
+#: The share of a request's time left that one call to the cache actor may take: the rest is
+#: for fetching the tiles directly when the actor does not answer (its node lost, restarting).
+_CACHE_SHARE = 0.5
+#: A cache actor that has not answered a call in this long [s] is taken for gone (its node
+#: lost, restarting): callers fetch directly for ``retry_after_s``. It answers in milliseconds.
+_DOWN_AFTER_S = 1.0
 
 
 # No task events: like Serve's own actors, the cache answers several calls per render and the
@@ -265,58 +274,105 @@ class CacheClient:
                 raise CacheUnavailable(str(exc)) from exc
         return self._actor
 
-    async def _call(self, method: str, *args):
+    def bound(self, deadline: Deadline | None) -> float:
+        """How long one actor call may take [s]: ``call_timeout_s``, or half the time left before
+        ``deadline`` when that is less, so that a render whose cache actor does not answer (its
+        node lost, the actor restarting) still has time to fetch its tiles directly."""
+        if deadline is None:
+            return self.call_timeout_s
+        return max(0.0, min(self.call_timeout_s, deadline.remaining() * _CACHE_SHARE))
+
+    async def _call(
+        self,
+        method: str,
+        *args,
+        timeout_s: float | None = None,
+        on_late: Callable[[asyncio.Future], None] | None = None,
+        actor: Any = None,
+    ):
+        """The actor's answer to ``method(*args)``, or `CacheUnavailable`.
+
+        Waited for at most ``timeout_s`` (default ``call_timeout_s``) [s]. The call goes on in
+        the actor whatever we do (a lease is granted all the same): ``on_late`` gets its answer
+        when we stopped waiting (timed out or cancelled). An actor that did not answer within
+        `_DOWN_AFTER_S`, or failed, is left alone for ``retry_after_s``; a shorter wait (a
+        request near its deadline) says nothing about the actor. ``actor``: this handle rather
+        than the client's current one.
+        """
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            actor = self._handle()
-            call = getattr(actor, method)
-            return await _unowned(asyncio.wait_for(_submit(call, args), timeout=self.call_timeout_s))
+            actor = actor if actor is not None else self._handle()
+            call = asyncio.ensure_future(_unowned(_submit(getattr(actor, method), args)))
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
         except CacheUnavailable:
             raise
-        except Exception as exc:  # RayActorError, timeouts: look the actor up again later
-            self._actor = None
-            self._down_until = time.monotonic() + self.retry_after_s
+        except Exception as exc:
+            self._drop()
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    async def lease_many(self, keys: list[str]) -> list[tuple[str, Any]] | None:
-        """The lease of every key in one actor call (see `get_or_fetch`); None when the actor
-        cannot be reached (each tile is then fetched directly)."""
         try:
-            return await self._leases(list(keys))
+            done, _ = await asyncio.wait({call}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            if on_late is not None:
+                call.add_done_callback(on_late)
+            raise
+        if not done:
+            if on_late is not None:
+                call.add_done_callback(on_late)
+            if timeout_s >= _DOWN_AFTER_S:
+                self._drop()
+            raise CacheUnavailable(f"no answer from the cache actor in {timeout_s:.2f} s")
+        exc = call.exception()
+        if exc is not None:  # RayActorError: look the actor up again later
+            self._drop()
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return call.result()
+
+    def _drop(self) -> None:
+        self._actor = None
+        self._down_until = time.monotonic() + self.retry_after_s
+
+    async def lease_many(
+        self, keys: list[str], deadline: Deadline | None = None
+    ) -> list[tuple[str, Any]] | None:
+        """The lease of every key in one actor call (see `get_or_fetch`); None when the actor
+        cannot be reached within `bound` (each tile is then fetched directly)."""
+        try:
+            return await self._leases(list(keys), self.bound(deadline))
         except CacheUnavailable as exc:
             log.warning("tile cache unavailable (%s): fetching %d tiles directly", exc, len(keys))
             return None
 
-    async def _leases(self, keys: list[str]) -> list[tuple[str, Any]]:
-        """The actor's leases of ``keys``; those it grants after we are cancelled are handed back."""
-        # Cancelling our await does not cancel the actor's call: it grants the leases all the
-        # same, and nobody would fetch those tiles, so every other request for them would wait
-        # out the lease (30 s; a viewer aborts stale pans). Shielded, the call completes and
-        # its "fetch" leases go back.
-        call = asyncio.ensure_future(self._call("lease_many", keys))
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            call.add_done_callback(lambda done: self._give_back_granted(keys, done))
-            raise
+    async def _leases(self, keys: list[str], timeout_s: float | None = None) -> list[tuple[str, Any]]:
+        """The actor's leases of ``keys``; those it grants after we stopped waiting are handed back."""
 
-    def _give_back_granted(self, keys: list[str], done: asyncio.Future) -> None:
-        if not done.cancelled() and done.exception() is None:
-            self.give_back_later(keys, done.result(), "the request leasing it was cancelled")
+        # Neither our cancel (a viewer aborts stale pans) nor our timeout cancels the actor's
+        # call: it grants the leases all the same, and nobody would fetch those tiles, so every
+        # other request for them would wait out the lease (30 s). Its "fetch" leases go back.
+        # Handed back to the actor that granted them, even when this client has dropped it.
+        actor = self._handle()
 
-    def give_back_later(self, keys: list[str], leases: list[Any], reason: str) -> None:
+        def late(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                reason = "the request leasing it stopped waiting"
+                self.give_back_later(keys, done.result(), reason, actor)
+
+        return await self._call("lease_many", keys, timeout_s=timeout_s, on_late=late, actor=actor)
+
+    def give_back_later(self, keys: list[str], leases: list[Any], reason: str, actor: Any = None) -> None:
         """`give_back`, in the background, each "fetch" lease in ``leases`` (those of ``keys``);
         never raises."""
         for key, lease in zip(keys, leases, strict=True):
             if lease is not None and lease[0] == "fetch":
-                task = asyncio.ensure_future(self.give_back(key, reason))
+                task = asyncio.ensure_future(self.give_back(key, reason, actor))
                 self._giving_back.add(task)
                 task.add_done_callback(self._giving_back.discard)
 
-    async def give_back(self, key: str, reason: str) -> None:
+    async def give_back(self, key: str, reason: str, actor: Any = None) -> None:
         """Hand back a lease whose fetch never began (its request was cancelled): the waiters
-        fetch for themselves at once instead of waiting out the lease."""
+        fetch for themselves at once instead of waiting out the lease. ``actor``: the one that
+        granted it, when not the client's current one."""
         try:
-            await self._call("fail", key, reason)
+            await self._call("fail", key, reason, actor=actor)
         except CacheUnavailable:
             pass
 
@@ -325,6 +381,7 @@ class CacheClient:
         key: str,
         fetch: Callable[[], Awaitable[np.ndarray]],
         lease: tuple[str, Any] | None = None,
+        deadline: Deadline | None = None,
     ) -> tuple[ray.ObjectRef | np.ndarray, str]:
         """(tile, how): how is "hit", "fetched", "coalesced" or "nocache" (actor down).
 
@@ -332,11 +389,12 @@ class CacheClient:
         caller passes it on unresolved, and the consumer (compose, on any node) reads it
         from the object store. Only "nocache" returns the array itself. ``lease``: the
         key's lease from `lease_many`, when the caller asked for several at once (one
-        actor call per render rather than one per tile).
+        actor call per render rather than one per tile). ``deadline``: the request's; each
+        actor call takes at most `bound` of it.
         """
         if lease is None:
             try:
-                (lease,) = await self._leases([key])
+                (lease,) = await self._leases([key], self.bound(deadline))
             except CacheUnavailable as exc:
                 log.warning("tile cache unavailable (%s): fetching %s directly", exc, key)
                 return await fetch(), "nocache"
@@ -360,12 +418,12 @@ class CacheClient:
             array = await fetch()
         except BaseException as exc:
             try:
-                await self._call("fail", key, f"{type(exc).__name__}: {exc}")
+                await self._call("fail", key, f"{type(exc).__name__}: {exc}", timeout_s=self.bound(deadline))
             except CacheUnavailable:
                 pass
             raise
         try:
-            refs = await self._call("put", key, array)
+            refs = await self._call("put", key, array, timeout_s=self.bound(deadline))
         except CacheUnavailable:
             return array, "nocache"
         return refs[0], "fetched"

@@ -279,3 +279,94 @@ def test_a_waiting_request_cancelled_by_ray_keeps_the_cache(local_ray):
     held, down_until = ray.get(holder.client_state.remote())
     assert held and down_until == 0.0, "the client dropped a cache actor that answers"
     ray.kill(holder)
+
+
+@ray.remote(num_cpus=0)
+class _SilentCache:
+    """A cache actor that takes calls and never answers them (its node lost, or restarting)."""
+
+    def resize(self, max_bytes: int) -> None:
+        pass
+
+    async def lease_many(self, keys: list[str]):
+        await asyncio.sleep(600)
+
+
+def test_a_cache_actor_that_does_not_answer_costs_half_the_time_left_not_the_render(local_ray, gated):
+    """Its calls are bounded by half the request's time left (not the upstream's 7 s, longer than
+    the render's deadline): the tiles are then fetched directly, within the deadline."""
+    from deployments.deadline import Budget, Deadline
+
+    gated.gate.set()  # the upstream answers at once
+
+    async def scenario():
+        from deployments.fetch_stage import TileFetch
+
+        name = f"silent-{uuid.uuid4().hex[:8]}"
+        silent = _SilentCache.options(name=name, namespace="skyrender").remote()
+        survey = f"{gated.url}/cds-dss2-red"
+        config = AppConfig(
+            surveys=[{"name": "dss2", "url": survey}],
+            cache={"name": name, "max_bytes": 64 << 20, "disk_enabled": False},
+        )
+        stage = TileFetch.func_or_class(config.model_dump())
+        assert stage.cache.call_timeout_s == 7.0  # connect + read: more than the deadline below
+        requests = [
+            TileRequest(n, f"dss2/3/{n}.fits", f"{survey}/Norder3/Dir0/Npix{n}.fits", "fits") for n in NPIX
+        ]
+        now = time.time()
+        start = time.monotonic()
+        fetched = await stage.get_tiles(requests, Budget(Deadline(now, now + 3.0), 0.3, now))
+        took = time.monotonic() - start
+        ray.kill(silent)
+        return fetched, took
+
+    fetched, took = asyncio.run(scenario())
+    assert sorted(fetched.tiles) == sorted(NPIX) and fetched.outcomes == {TileOutcome.NOCACHE: len(NPIX)}
+    assert 1.3 < took < 2.8, took  # the lease call's 1.5 s, then the tiles from upstream
+
+
+@ray.remote(num_cpus=0)
+class _SlowCache:
+    """A cache actor that grants "fetch" leases after 2.5 s, and records the leases handed back."""
+
+    def __init__(self):
+        self.handed_back: list[str] = []
+
+    def resize(self, max_bytes: int) -> None:
+        pass
+
+    async def lease_many(self, keys: list[str]):
+        await asyncio.sleep(2.5)
+        return [("fetch", None)] * len(keys)
+
+    async def fail(self, key: str, reason: str) -> None:
+        self.handed_back.append(key)
+
+    def returned(self) -> list[str]:
+        return sorted(self.handed_back)
+
+
+def test_leases_granted_after_the_request_stopped_waiting_are_handed_back(local_ray):
+    """The lease call timed out (1.1 s here) and the client dropped the actor: the leases it
+    grants later still go back to it, or every other request for those tiles would wait
+    them out (30 s)."""
+    from deployments.deadline import Deadline
+    from deployments.tile_cache import CacheClient
+
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    slow = _SlowCache.options(name=name, namespace="skyrender").remote()
+    keys = ["t/1", "t/2"]
+
+    async def scenario():
+        client = CacheClient(name, max_bytes=1 << 20)
+        now = time.time()
+        assert await client.lease_many(keys, Deadline(now, now + 2.2)) is None  # fetch directly
+        assert client._actor is None  # a second without an answer: taken for gone for a while
+        until = time.monotonic() + 10
+        while (returned := await slow.returned.remote()) != keys and time.monotonic() < until:
+            await asyncio.sleep(0.1)
+        return returned
+
+    assert asyncio.run(scenario()) == keys
+    ray.kill(slow)
