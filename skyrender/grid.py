@@ -323,6 +323,8 @@ def _grid_rows(
     offs = np.empty(4, dtype=np.int64)
     wts = np.empty(4, dtype=np.float64)
     cu = np.empty((2, 4), dtype=np.float64)
+    seg1 = np.empty(step, dtype=np.float64)
+    seg2 = np.empty(step, dtype=np.float64)
     last_f = -1
     last_tx = -1
     last_ty = -1
@@ -339,17 +341,24 @@ def _grid_rows(
                 for px in range(x0, x1):
                     fallback[row + px] = True
                 continue
-            # The row's polynomials in u (Horner in v).
+            # The row's polynomials in u (Horner in v), evaluated for the whole segment first:
+            # a loop without branches, which LLVM vectorises.
             for k in range(2):
                 for b in range(4):
                     c = coef[cy, cx, k]
                     cu[k, b] = ((c[3, b] * v + c[2, b]) * v + c[1, b]) * v + c[0, b]
-            pface = np.int64(cell_face[cy, cx])
-            for kx in range(x1 - x0):
-                idx = row + x0 + kx
+            a0, a1, a2, a3 = cu[0, 0], cu[0, 1], cu[0, 2], cu[0, 3]
+            b0, b1, b2, b3 = cu[1, 0], cu[1, 1], cu[1, 2], cu[1, 3]
+            nseg = x1 - x0
+            for kx in range(nseg):
                 u = kx * inv
-                p1 = ((cu[0, 3] * u + cu[0, 2]) * u + cu[0, 1]) * u + cu[0, 0]
-                p2 = ((cu[1, 3] * u + cu[1, 2]) * u + cu[1, 1]) * u + cu[1, 0]
+                seg1[kx] = ((a3 * u + a2) * u + a1) * u + a0
+                seg2[kx] = ((b3 * u + b2) * u + b1) * u + b0
+            pface = np.int64(cell_face[cy, cx])
+            for kx in range(nseg):
+                idx = row + x0 + kx
+                p1 = seg1[kx]
+                p2 = seg2[kx]
                 if bilinear:
                     a = p1 - 0.5
                     b = p2 - 0.5
@@ -409,6 +418,23 @@ def _grid_rows(
                             out[c, idx] = np.nan
                         continue
                     base = last_pos * tsize + (wm - (ix & wm)) * w + (iy & wm)
+                    # The four cells all hold data (the usual case): the weights sum to 1, no
+                    # renormalising. A NaN among them (or a zero weight on one) takes the
+                    # general blend below, which skips it.
+                    fast = True
+                    for c in range(n_channels):
+                        s = (
+                            wts[0] * flat[c, base]
+                            + wts[1] * flat[c, base - w]
+                            + wts[2] * flat[c, base + dy]
+                            + wts[3] * flat[c, base - w + dy]
+                        )
+                        if s != s:
+                            fast = False
+                            break
+                        out[c, idx] = s
+                    if fast:
+                        continue
                     offs[0] = base
                     offs[1] = base - w
                     offs[2] = base + dy
