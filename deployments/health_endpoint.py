@@ -69,6 +69,7 @@ class HealthEndpoint:
         started replica would answer at once, waited behind it.
         """
         call = asyncio.ensure_future(self._call(live))
+        call.add_done_callback(lambda t: t.cancelled() or t.exception())  # read even if we leave
         done, _ = await asyncio.wait({call}, timeout=self.timeout_s)
         if not done:
             call.cancel()  # not awaited, for the reason above
