@@ -111,6 +111,15 @@ class CacheConfig(BaseModel):
         description="the ingress takes a render's tiles from the cache itself when it holds them all, "
         "without the fetch stage's hop (that stage is still called for any tile not held)",
     )
+    ingress_recent_s: float = Field(
+        1.0,
+        ge=0.0,
+        description="how long [s] the ingress reuses the tile references a lookup gave, without asking "
+        "the cache actor again (0: ask for every render); a tile evicted meanwhile stays that long",
+    )
+    ingress_recent_tiles: int = Field(
+        64, ge=1, description="at most this many tiles' references kept by the ingress (ingress_recent_s)"
+    )
     disk_enabled: bool = True
     disk_dir: str = Field(
         "${SKYRENDER_CACHE_DIR:-/tmp/skyrender-cache}", description="scratch volume for tile bytes"

@@ -243,8 +243,16 @@ async def healthz_answer(svc: Services, live: bool = False) -> JSONResponse:
 
 @router.get("/v1/stats")
 async def stats(svc: ServicesDep) -> dict[str, Any]:
-    """Tile cache counters (hits, misses, evictions, bytes held)."""
-    return {"cache": await svc.fetch.cache_stats.remote()}
+    """Tile cache counters (hits, misses, evictions, bytes held).
+
+    ``hits`` are the cache actor's; ``reused_by_ingress`` counts the tiles this ingress replica
+    took from references it kept from a recent lookup (`cache.ingress_recent_s`), not asking.
+    """
+    counters = await svc.fetch.cache_stats.remote()
+    reader = svc.chain.cache
+    if isinstance(counters, dict) and reader is not None:
+        counters = {**counters, "reused_by_ingress": reader.reused}
+    return {"cache": counters}
 
 
 class HealthFirst:

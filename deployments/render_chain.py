@@ -84,7 +84,11 @@ class RenderChain:
         if config.cache.enabled and config.cache.ingress_lookup:
             from .tile_cache import CacheReader
 
-            self.cache = CacheReader(config.cache.name)
+            self.cache = CacheReader(
+                config.cache.name,
+                recent_s=config.cache.ingress_recent_s,
+                recent_entries=config.cache.ingress_recent_tiles,
+            )
         # Every rendered image (single or layered) is reusable this long: the configured max-age.
         self.cache_policy = CachePolicy(config.render.cache_max_age_s)
         self.gate = AdmissionGate(config.overload)
@@ -398,8 +402,11 @@ class RenderChain:
         """A render's tiles for compose: read here when the shared cache holds every one, else
         the fetch stage's response (it fetches what is missing, once for every render wanting it).
 
-        A ``retry`` (after a lost replica or lost tiles) always goes through the fetch stage.
+        A ``retry`` (after a lost replica or lost tiles) always goes through the fetch stage, and
+        the references the ingress kept are dropped (they may be the lost ones).
         """
+        if retry and self.cache is not None:
+            self.cache.forget()
         held = None if retry else await self._held(requests, budget)
         return held if held is not None else self.fetch.get_tiles.remote(requests, budget)
 

@@ -192,6 +192,12 @@ class CacheReader:
     Never starts the cache actor (a fetch replica owns it) and never leases: a render with a
     tile not held goes to the fetch stage, which fetches it once for every render wanting it.
     Any trouble with the actor (not there yet, dead, slow) is a None: the fetch stage copes.
+
+    The references the actor gave are kept for ``recent_s`` seconds (at most ``recent_entries``
+    tiles): a render whose tiles were all looked up that recently (panning, repeated
+    snapshots) takes them from here without the actor call (~2-3 ms and ~1.5 ms of the actor's
+    CPU). While kept, a tile the cache evicts stays in the object store a little longer, for
+    the renders holding it anyway; `forget` drops them all (a render found tiles lost).
     """
 
     def __init__(
@@ -201,14 +207,22 @@ class CacheReader:
         namespace: str = "skyrender",
         call_timeout_s: float = 0.5,  # the lookup takes ~1-3 ms; past this the fetch stage is quicker
         retry_after_s: float = 2.0,
+        recent_s: float = 0.0,
+        recent_entries: int = 64,
     ):
         self.name, self.namespace = name, namespace
         self.call_timeout_s, self.retry_after_s = call_timeout_s, retry_after_s
+        self.recent_s, self.recent_entries = recent_s, recent_entries
         self._actor = None
         self._down_until = 0.0
+        self._recent: OrderedDict[str, tuple[ray.ObjectRef, float]] = OrderedDict()  # key → (ref, kept until)
+        self.reused = 0  # tiles taken from kept references
 
     async def held(self, keys: list[str]) -> list[ray.ObjectRef] | None:
         """The ObjectRef of each of ``keys`` when the cache holds them all, else None."""
+        recent = self._recently_held(keys)
+        if recent is not None:
+            return recent
         if self._actor is None:
             if time.monotonic() < self._down_until:
                 return None
@@ -224,8 +238,41 @@ class CacheReader:
             log.info("tile cache lookup failed (%s): renders use the fetch stage", type(exc).__name__)
             self._actor = None
             self._down_until = time.monotonic() + self.retry_after_s
+            self.forget()
             return None
-        return None if held is None else [refs[0] for refs in held]
+        if held is None:
+            return None
+        refs = [r[0] for r in held]
+        self._keep(keys, refs)
+        return refs
+
+    def forget(self) -> None:
+        """Drop every kept reference: the next render asks the actor again."""
+        self._recent.clear()
+
+    def _recently_held(self, keys: list[str]) -> list[ray.ObjectRef] | None:
+        """The kept references of all ``keys`` when every one is still within ``recent_s``."""
+        if self.recent_s <= 0 or not self._recent:
+            return None
+        now = time.monotonic()
+        refs = []
+        for key in keys:
+            kept = self._recent.get(key)
+            if kept is None or kept[1] < now:
+                return None
+            refs.append(kept[0])
+        self.reused += len(refs)
+        return refs
+
+    def _keep(self, keys: list[str], refs: list[ray.ObjectRef]) -> None:
+        if self.recent_s <= 0:
+            return
+        until = time.monotonic() + self.recent_s
+        for key, ref in zip(keys, refs, strict=True):
+            self._recent.pop(key, None)
+            self._recent[key] = (ref, until)
+        while len(self._recent) > self.recent_entries:
+            self._recent.popitem(last=False)
 
 
 class CacheClient:

@@ -370,3 +370,48 @@ def test_leases_granted_after_the_request_stopped_waiting_are_handed_back(local_
 
     assert asyncio.run(scenario()) == keys
     ray.kill(slow)
+
+
+def test_the_ingress_reuses_a_lookup_for_recent_s_and_forgets_it_after_lost_tiles(local_ray):
+    """`CacheReader` keeps the references a lookup gave for ``recent_s``: a render of the same
+    tiles within that time asks the cache actor nothing (its hit count stays), one with a tile
+    not looked up asks again, and `forget` (a render found tiles lost) or the time running out
+    makes the next render ask the actor again."""
+    from deployments.tile_cache import CacheReader, TileCache
+
+    name = f"recent-{uuid.uuid4().hex[:8]}"
+    actor = TileCache.options(name=name, namespace="skyrender").remote(64 * 2**20)
+    keys = [f"s/3/{n}.fits" for n in range(4)]
+    for n, key in enumerate(keys):
+        ray.get(actor.put.remote(key, np.full((512, 512), n, dtype=np.float32)))
+
+    def hits() -> int:
+        return ray.get(actor.stats.remote())["hits"]
+
+    async def scenario() -> None:
+        reader = CacheReader(name, recent_s=30.0, recent_entries=8)
+        first = await reader.held(keys[:3])
+        assert first is not None and hits() == 3
+        again = await reader.held(keys[:3])
+        assert again == first and hits() == 3  # reused: no actor call
+        assert reader.reused == 3
+        wider = await reader.held(keys)  # keys[3] was never looked up: ask
+        assert wider is not None and hits() == 7
+        assert [float(ray.get(ref)[0, 0]) for ref in wider] == [0.0, 1.0, 2.0, 3.0]
+        reader.forget()
+        assert await reader.held(keys[:2]) is not None and hits() == 9
+        assert await reader.held(["s/3/99.fits"]) is None  # not held: the fetch stage's, nothing kept
+        short = CacheReader(name, recent_s=0.2)
+        await short.held(keys[:1])
+        await short.held(keys[:1])
+        assert hits() == 10
+        await asyncio.sleep(0.3)
+        await short.held(keys[:1])
+        assert hits() == 11  # kept references expired: asked again
+        every = CacheReader(name, recent_s=0.0)  # 0: every render asks
+        await every.held(keys[:1])
+        await every.held(keys[:1])
+        assert hits() == 13
+
+    asyncio.run(scenario())
+    ray.kill(actor)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import time
 
 import httpx
 import numpy as np
@@ -392,6 +393,8 @@ def test_tiles_the_cache_holds_are_read_by_the_ingress_without_the_fetch_stage(a
     field = {**FIELD, "ra": 263.2, "dec": -27.5, "fovDeg": 1.5}
     # Empty the cache, so that the first render's tiles are not all held.
     ray.get(ray.get_actor("skyrender-tile-cache", namespace="skyrender").clear.remote())
+    # and let the ingress's references from earlier renders lapse (cache.ingress_recent_s)
+    time.sleep(app.config["applications"][0]["args"]["cache"].get("ingress_recent_s", 1.0) + 0.1)
     hits_before = app.client.get("/v1/stats").json()["cache"]["hits"]
     first = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-first"})
     again = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-again"})

@@ -418,6 +418,8 @@ def test_layers_whose_tiles_are_cached_are_read_by_the_ingress(app):
 
     body = {**GC, "mode": "rgb", "layers": BANDS}
     ray.get(ray.get_actor("skyrender-tile-cache", namespace="skyrender").clear.remote())
+    # and let the ingress's references from earlier renders lapse (cache.ingress_recent_s)
+    time.sleep(app.config["applications"][0]["args"]["cache"].get("ingress_recent_s", 1.0) + 0.1)
     first = app.client.post("/v1/composite", json=body, headers={"X-Request-ID": "layers-via-first"})
     again = app.client.post("/v1/composite", json=body, headers={"X-Request-ID": "layers-via-again"})
     assert _rgb(first).tobytes() == _rgb(again).tobytes()

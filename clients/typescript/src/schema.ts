@@ -261,6 +261,9 @@ export interface paths {
         /**
          * Stats
          * @description Tile cache counters (hits, misses, evictions, bytes held).
+         *
+         *     ``hits`` are the cache actor's; ``reused_by_ingress`` counts the tiles this ingress replica
+         *     took from references it kept from a recent lookup (`cache.ingress_recent_s`), not asking.
          */
         get: operations["stats_v1_stats_get"];
         put?: never;
