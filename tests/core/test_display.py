@@ -365,3 +365,24 @@ def test_display_image_needs_exactly_one_picture():
         DisplayImage(mask=mask)
     with pytest.raises(DisplayError):
         DisplayImage(mask=mask, index=np.zeros((2, 2), np.uint8))  # no colour table
+
+
+@pytest.mark.parametrize("shape", [(768, 1024), (7, 70_001), (200, 333), (1, 5)])
+@pytest.mark.parametrize("stretch", ["linear", "log", "power"])
+def test_to_display_in_bands_is_the_whole_image_stretched_and_indexed(shape, stretch):
+    """`to_display` stretches and indexes band by band of rows (its temporaries stay small):
+    the picture is the one the whole image gives, at every band boundary, for images of one
+    band, of many, and wider than a band (one row each)."""
+    from skyrender.display import to_index
+
+    rng = np.random.default_rng(3)
+    data = rng.lognormal(4.0, 1.0, shape).astype(np.float32)
+    data.ravel()[::89] = np.nan
+    data.ravel()[3::1009] = np.inf
+    data.ravel()[7::1013] = -np.inf
+    vmin, vmax = compute_cuts(data, "2%", "99%")
+    whole_index, whole_mask = to_index(apply_stretch(data, vmin, vmax, stretch))
+    picture = to_display(data, min_cut=vmin, max_cut=vmax, stretch=stretch)
+    assert picture.index.dtype == np.uint8 and picture.index.shape == shape
+    np.testing.assert_array_equal(picture.index, whole_index)
+    np.testing.assert_array_equal(picture.mask, whole_mask)
