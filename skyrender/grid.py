@@ -60,6 +60,9 @@ MIN_STEP = STEPS[0]
 #: with bench/bench_core.py): only their ratio matters.
 EXACT_NS = 80.0
 GRID_NS = 15.0
+#: Row chunks per thread of the CPU pass, taken in turn by whichever thread is free: on a
+#: node whose other processes take a core now and then, two halves wait for the slower one.
+GRID_CHUNKS_PER_THREAD = 4
 
 _HALF_PI = 0.5 * math.pi
 
@@ -693,7 +696,7 @@ def grid_blend(
             tiles.tile_depth, bilinear, npix, flat, out, fallback,
         )  # fmt: skip
 
-    run_row_chunks(rows, plan.height, num_threads)
+    run_row_chunks(rows, plan.height, num_threads, chunks_per_thread=GRID_CHUNKS_PER_THREAD)
     return out, fallback
 
 

@@ -9,6 +9,7 @@ and a Serve replica renders several requests concurrently.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -48,17 +49,42 @@ def row_chunks(n_rows: int, num_threads: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
-def run_row_chunks(fn: Callable[[int, int], None], n_rows: int, num_threads: int) -> None:
+def run_row_chunks(
+    fn: Callable[[int, int], None], n_rows: int, num_threads: int, chunks_per_thread: int = 1
+) -> None:
     """Call ``fn(start, stop)`` over row chunks, in parallel when more than one chunk.
 
-    ``fn`` must write disjoint outputs per chunk. The calling thread runs the first chunk
-    itself, so a busy pool never leaves the caller idle.
+    ``fn`` must write disjoint outputs per chunk. The calling thread runs chunks itself, so
+    a busy pool never leaves the caller idle. With ``chunks_per_thread`` > 1 the rows are cut
+    finer and each thread takes the next chunk when it is done with one: a thread slowed by
+    other work on its core (Ray's own processes, another render) then does less, rather than
+    holding up the whole call.
     """
-    chunks = row_chunks(n_rows, num_threads)
+    threads = resolve_threads(num_threads)
+    chunks = row_chunks(n_rows, threads * max(1, chunks_per_thread))
     if len(chunks) == 1:
         fn(*chunks[0])
         return
-    futures = [_pool().submit(fn, a, b) for a, b in chunks[1:]]
-    fn(*chunks[0])
-    for f in futures:
-        f.result()
+    if chunks_per_thread <= 1:
+        futures = [_pool().submit(fn, a, b) for a, b in chunks[1:]]
+        fn(*chunks[0])
+        for f in futures:
+            f.result()
+        return
+    pending = iter(chunks)
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                chunk = next(pending, None)
+            if chunk is None:
+                return
+            fn(*chunk)
+
+    futures = [_pool().submit(drain) for _ in range(min(threads, len(chunks)) - 1)]
+    try:
+        drain()
+    finally:
+        for f in futures:
+            f.result()
