@@ -57,3 +57,45 @@ def test_threaded_renders_equal_one_thread_also_when_concurrent(planck):
         got = list(pool.map(lambda g: reproject(g, planck, "galactic", num_threads=0), geoms))
     for e, g in zip(expected, got, strict=True):
         assert np.array_equal(e, g, equal_nan=True)
+
+
+@pytest.mark.parametrize("n_rows", [1, 40, 768, 1537])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_finer_chunks_are_each_run_once_by_whichever_thread_is_free(n_rows, threads):
+    """`run_row_chunks(..., chunks_per_thread=4)`: every row once, in chunks taken in turn;
+    a thread held up on its first chunk leaves the rest to the others."""
+    import threading
+    import time
+
+    from skyrender.threads import run_row_chunks
+
+    seen = np.zeros(n_rows, dtype=np.int64)
+    by_thread: dict[int, int] = {}
+    lock = threading.Lock()
+    first = threading.Event()
+
+    def fn(a: int, b: int) -> None:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.05)  # this thread's core is busy for a while
+        with lock:
+            seen[a:b] += 1
+            by_thread[threading.get_ident()] = by_thread.get(threading.get_ident(), 0) + 1
+
+    run_row_chunks(fn, n_rows, threads, chunks_per_thread=4)
+    assert (seen == 1).all()
+    chunks = row_chunks(n_rows, threads * 4)
+    assert sum(by_thread.values()) == len(chunks)
+    if len(chunks) > 1:  # the held-up thread did its one chunk; the others did the rest
+        assert len(by_thread) >= 2 and min(by_thread.values()) == 1
+
+
+def test_an_error_in_a_chunk_reaches_the_caller():
+    from skyrender.threads import run_row_chunks
+
+    def fn(a: int, b: int) -> None:
+        if a > 0:
+            raise ValueError(f"rows {a}-{b}")
+
+    with pytest.raises(ValueError, match="rows"):
+        run_row_chunks(fn, 512, 2, chunks_per_thread=4)
