@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import lru_cache
 
 __all__ = [
@@ -54,22 +54,15 @@ def run_row_chunks(
 ) -> None:
     """Call ``fn(start, stop)`` over row chunks, in parallel when more than one chunk.
 
-    ``fn`` must write disjoint outputs per chunk. The calling thread runs chunks itself, so
-    a busy pool never leaves the caller idle. With ``chunks_per_thread`` > 1 the rows are cut
-    finer and each thread takes the next chunk when it is done with one: a thread slowed by
-    other work on its core (Ray's own processes, another render) then does less, rather than
-    holding up the whole call.
+    ``fn`` must write disjoint outputs per chunk. Each thread, the calling one included, takes
+    the next chunk when it is done with one, so a busy pool never leaves the caller idle. With
+    ``chunks_per_thread`` > 1 the rows are cut finer: a thread slowed by other work on its core
+    (Ray's own processes, another render) then does less, rather than holding up the call.
     """
     threads = resolve_threads(num_threads)
     chunks = row_chunks(n_rows, threads * max(1, chunks_per_thread))
     if len(chunks) == 1:
         fn(*chunks[0])
-        return
-    if chunks_per_thread <= 1:
-        futures = [_pool().submit(fn, a, b) for a, b in chunks[1:]]
-        fn(*chunks[0])
-        for f in futures:
-            f.result()
         return
     pending = iter(chunks)
     lock = threading.Lock()
@@ -86,5 +79,6 @@ def run_row_chunks(
     try:
         drain()
     finally:
-        for f in futures:
-            f.result()
+        wait(futures)  # the chunks the pool took are done, or failed, before anything returns
+    for f in futures:
+        f.result()
