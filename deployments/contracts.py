@@ -151,6 +151,9 @@ class FetchedTiles:
     finished_at: float = 0.0
     #: What the stages so far measured (`deployments.admission`), for the ingress's estimator.
     reports: tuple[StageReport, ...] = ()
+    #: Who read the tiles, for the log line: "fetch" (the fetch stage), "cache" (the ingress,
+    #: asking the cache actor) or "kept" (the ingress, from references a recent lookup gave).
+    via: str = "fetch"
 
 
 

@@ -420,7 +420,10 @@ class RenderChain:
         if self.cache is None or not requests or any(r.allsky_npix for r in requests):
             return None  # an Allsky mosaic is cut into tiles by the fetch stage
         start, started_at = time.perf_counter(), time.time()
-        refs = await self.cache.held([r.key for r in requests])
+        keys = [r.key for r in requests]
+        refs, via = self.cache.kept(keys), "kept"
+        if refs is None:
+            refs, via = await self.cache.held(keys), "cache"
         if refs is None:
             return None
         seconds = time.perf_counter() - start
@@ -435,12 +438,13 @@ class RenderChain:
             stamps=(started_at, finished_at),
             finished_at=finished_at,
             reports=(report,),
+            via=via,
         )
 
 
 def tiles_via(fetched: FetchedTiles | DeploymentResponse) -> str:
-    """Who read a render's tiles (`RenderChain.tiles`), for the log line: "cache" or "fetch"."""
-    return "cache" if isinstance(fetched, FetchedTiles) else "fetch"
+    """Who read a render's tiles (`RenderChain.tiles`), for the log line: "kept", "cache" or "fetch"."""
+    return fetched.via if isinstance(fetched, FetchedTiles) else "fetch"
 
 
 def _handoffs(dispatched_at: float, stamps: tuple[float, ...], returned_at: float) -> list[tuple[str, float]]:

@@ -195,9 +195,9 @@ class CacheReader:
 
     The references the actor gave are kept for ``recent_s`` seconds (at most ``recent_entries``
     tiles): a render whose tiles were all looked up that recently (panning, repeated
-    snapshots) takes them from here without the actor call (~2-3 ms and ~1.5 ms of the actor's
-    CPU). While kept, a tile the cache evicts stays in the object store a little longer, for
-    the renders holding it anyway; `forget` drops them all (a render found tiles lost).
+    snapshots) takes them from `kept` without the actor call (~2-3 ms and ~1.5 ms of the
+    actor's CPU). While kept, a tile the cache evicts stays in the object store a little
+    longer, as for a render holding it; `forget` drops them all (a render found tiles lost).
     """
 
     def __init__(
@@ -219,10 +219,8 @@ class CacheReader:
         self.reused = 0  # tiles taken from kept references
 
     async def held(self, keys: list[str]) -> list[ray.ObjectRef] | None:
-        """The ObjectRef of each of ``keys`` when the cache holds them all, else None."""
-        recent = self._recently_held(keys)
-        if recent is not None:
-            return recent
+        """The ObjectRef of each of ``keys`` when the cache actor holds them all, else None;
+        kept for `kept` (``recent_s``)."""
         if self._actor is None:
             if time.monotonic() < self._down_until:
                 return None
@@ -250,8 +248,8 @@ class CacheReader:
         """Drop every kept reference: the next render asks the actor again."""
         self._recent.clear()
 
-    def _recently_held(self, keys: list[str]) -> list[ray.ObjectRef] | None:
-        """The kept references of all ``keys`` when every one is still within ``recent_s``."""
+    def kept(self, keys: list[str]) -> list[ray.ObjectRef] | None:
+        """The kept references of all ``keys`` when every one was looked up within ``recent_s``, else None."""
         if self.recent_s <= 0 or not self._recent:
             return None
         now = time.monotonic()

@@ -373,10 +373,10 @@ def test_leases_granted_after_the_request_stopped_waiting_are_handed_back(local_
 
 
 def test_the_ingress_reuses_a_lookup_for_recent_s_and_forgets_it_after_lost_tiles(local_ray):
-    """`CacheReader` keeps the references a lookup gave for ``recent_s``: a render of the same
-    tiles within that time asks the cache actor nothing (its hit count stays), one with a tile
-    not looked up asks again, and `forget` (a render found tiles lost) or the time running out
-    makes the next render ask the actor again."""
+    """`CacheReader` keeps the references a lookup gave for ``recent_s`` (at most
+    ``recent_entries``): `kept` gives them without asking the cache actor (its hit count
+    stays) while all of a render's tiles were looked up that recently; a tile not looked up,
+    `forget` (a render found tiles lost) or the time running out makes the render ask again."""
     from deployments.tile_cache import CacheReader, TileCache
 
     name = f"recent-{uuid.uuid4().hex[:8]}"
@@ -390,28 +390,31 @@ def test_the_ingress_reuses_a_lookup_for_recent_s_and_forgets_it_after_lost_tile
 
     async def scenario() -> None:
         reader = CacheReader(name, recent_s=30.0, recent_entries=8)
+        assert reader.kept(keys[:3]) is None  # nothing looked up yet
         first = await reader.held(keys[:3])
         assert first is not None and hits() == 3
-        again = await reader.held(keys[:3])
-        assert again == first and hits() == 3  # reused: no actor call
+        assert reader.kept(keys[:3]) == first and hits() == 3  # reused: no actor call
         assert reader.reused == 3
-        wider = await reader.held(keys)  # keys[3] was never looked up: ask
+        assert reader.kept(keys) is None  # keys[3] was never looked up: ask
+        wider = await reader.held(keys)
         assert wider is not None and hits() == 7
-        assert [float(ray.get(ref)[0, 0]) for ref in wider] == [0.0, 1.0, 2.0, 3.0]
+        assert [float(ray.get(ref)[0, 0]) for ref in reader.kept(keys)] == [0.0, 1.0, 2.0, 3.0]
         reader.forget()
+        assert reader.kept(keys[:2]) is None
         assert await reader.held(keys[:2]) is not None and hits() == 9
         assert await reader.held(["s/3/99.fits"]) is None  # not held: the fetch stage's, nothing kept
+        assert reader.kept(["s/3/99.fits"]) is None
         short = CacheReader(name, recent_s=0.2)
         await short.held(keys[:1])
-        await short.held(keys[:1])
-        assert hits() == 10
+        assert short.kept(keys[:1]) is not None
         await asyncio.sleep(0.3)
-        await short.held(keys[:1])
-        assert hits() == 11  # kept references expired: asked again
+        assert short.kept(keys[:1]) is None  # expired: the next render asks again
         every = CacheReader(name, recent_s=0.0)  # 0: every render asks
         await every.held(keys[:1])
-        await every.held(keys[:1])
-        assert hits() == 13
+        assert every.kept(keys[:1]) is None
+        few = CacheReader(name, recent_s=30.0, recent_entries=2)
+        await few.held(keys)
+        assert few.kept(keys[2:]) is not None and few.kept(keys[:1]) is None  # the latest two
 
     asyncio.run(scenario())
     ray.kill(actor)

@@ -387,7 +387,8 @@ def test_request_id_is_echoed_and_logged_as_json(app):
 
 def test_tiles_the_cache_holds_are_read_by_the_ingress_without_the_fetch_stage(app):
     """A render whose tiles are all cached takes them from the cache actor directly (one call,
-    no fetch-stage hop); the picture is the same as the one rendered through the fetch stage."""
+    no fetch-stage hop), and the next one within `cache.ingress_recent_s` from the references
+    the ingress kept (no call); the picture is the one rendered through the fetch stage."""
     import ray
 
     field = {**FIELD, "ra": 263.2, "dec": -27.5, "fovDeg": 1.5}
@@ -398,11 +399,13 @@ def test_tiles_the_cache_holds_are_read_by_the_ingress_without_the_fetch_stage(a
     hits_before = app.client.get("/v1/stats").json()["cache"]["hits"]
     first = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-first"})
     again = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-again"})
-    assert first.status_code == again.status_code == 200
-    assert again.content == first.content
-    records = [ingress_log_record("via-first"), ingress_log_record("via-again")]
+    # and at once a third: the ingress kept the references the second one's lookup gave
+    kept = app.client.post("/v1/preview", json=field, headers={"X-Request-ID": "via-kept"})
+    assert first.status_code == again.status_code == kept.status_code == 200
+    assert again.content == first.content and kept.content == first.content
+    records = [ingress_log_record(f"via-{name}") for name in ("first", "again", "kept")]
     assert None not in records, "no JSON request line in the ingress log"
-    assert [r["tiles_via"] for r in records] == ["fetch", "cache"]
+    assert [r["tiles_via"] for r in records] == ["fetch", "cache", "kept"]
     tiles = records[1]["tiles_requested"]
     assert records[1]["tiles_from_cache"] == tiles and records[1]["tiles_fetched"] == 0
     # The cache counted the second render's tiles as hits.
