@@ -650,7 +650,10 @@ def test_a_render_whose_tiles_came_from_the_cache_reports_that_time_for_the_fetc
     from deployments.deadline import Budget
     from deployments.render_chain import RenderChain
 
-    class HeldCache:  # the cache actor's lookup: every tile held
+    class HeldCache:  # the cache actor's lookup: every tile held (none kept from an earlier one)
+        def kept(self, keys):
+            return None
+
         async def held(self, keys):
             await asyncio.sleep(0.002)
             return [f"ref:{k}" for k in keys]
@@ -664,6 +667,7 @@ def test_a_render_whose_tiles_came_from_the_cache_reports_that_time_for_the_fetc
     (report,) = fetched.reports
     assert report.stage == "fetch" and report.service_s_per_work == 0.0
     assert report.latency_s_per_work == pytest.approx(fetched.seconds / 0.5)
+    assert fetched.via == "cache"
     ac = AdmissionControl()
     ac.observe([StageReport("fetch", "f1", 0.0, 4.0)])  # an upstream fetch: 2 s for 0.5 Mpx
     ac.observe(list(fetched.reports))
