@@ -197,7 +197,8 @@ class CacheReader:
     tiles): a render whose tiles were all looked up that recently (panning, repeated
     snapshots) takes them from `kept` without the actor call (~2-3 ms and ~1.5 ms of the
     actor's CPU). While kept, a tile the cache evicts stays in the object store a little
-    longer, as for a render holding it; `forget` drops them all (a render found tiles lost).
+    longer, as for a render holding it: until the first lookup after ``recent_s``, which lets
+    go of the expired ones; `forget` drops them all (a render found tiles lost).
     """
 
     def __init__(
@@ -250,13 +251,13 @@ class CacheReader:
 
     def kept(self, keys: list[str]) -> list[ray.ObjectRef] | None:
         """The kept references of all ``keys`` when every one was looked up within ``recent_s``, else None."""
-        if self.recent_s <= 0 or not self._recent:
+        self._drop_expired()
+        if not self._recent:
             return None
-        now = time.monotonic()
         refs = []
         for key in keys:
             kept = self._recent.get(key)
-            if kept is None or kept[1] < now:
+            if kept is None:
                 return None
             refs.append(kept[0])
         self.reused += len(refs)
@@ -270,6 +271,13 @@ class CacheReader:
             self._recent.pop(key, None)
             self._recent[key] = (ref, until)
         while len(self._recent) > self.recent_entries:
+            self._recent.popitem(last=False)
+
+    def _drop_expired(self) -> None:
+        """Let go of the references kept longer than ``recent_s``: oldest first, as `_keep`
+        appends each with the latest time."""
+        now = time.monotonic()
+        while self._recent and next(iter(self._recent.values()))[1] < now:
             self._recent.popitem(last=False)
 
 

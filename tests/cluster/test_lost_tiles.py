@@ -409,6 +409,7 @@ def test_the_ingress_reuses_a_lookup_for_recent_s_and_forgets_it_after_lost_tile
         assert short.kept(keys[:1]) is not None
         await asyncio.sleep(0.3)
         assert short.kept(keys[:1]) is None  # expired: the next render asks again
+        assert not short._recent  # and the expired references were let go
         every = CacheReader(name, recent_s=0.0)  # 0: every render asks
         await every.held(keys[:1])
         assert every.kept(keys[:1]) is None
