@@ -63,6 +63,28 @@ MAX_CHANNELS = 4
 #: Largest tile number the shader handles (u32; tile order ≤ 13).
 MAX_TILE = 0xFFFFFFFF
 
+# Functions both shaders use (each declares `params.n_tiles` and `tile_npix`).
+_WGSL_IS_NAN = """
+fn is_nan(v: f32) -> bool {
+    // Bit test: shader compilers may fold v != v away.
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+"""
+
+_WGSL_FIND_TILE = """
+fn find_tile(t: u32) -> u32 {
+    // Position of tile t in tile_npix, or n_tiles when absent.
+    var lo = 0u;
+    var hi = params.n_tiles;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (tile_npix[mid] < t) { lo = mid + 1u; } else { hi = mid; }
+    }
+    if (lo < params.n_tiles && tile_npix[lo] == t) { return lo; }
+    return params.n_tiles;
+}
+"""
+
 SHADER = """
 struct Params {
     n: u32,             // rows in this chunk
@@ -86,11 +108,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> state: array<f32>;        // (C, n, 3) between passes
 @group(0) @binding(6) var<uniform> params: Params;
 
-fn is_nan(v: f32) -> bool {
-    // Bit test: shader compilers may fold v != v away.
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
+""" + _WGSL_IS_NAN + """
 fn positive(w: vec2<u32>) -> bool {
     // f64 > 0: sign clear, not zero, not NaN/inf (exponent 0x7ff).
     return (w.y >> 31u) == 0u && (w.x | w.y) != 0u && ((w.y >> 20u) & 0x7ffu) != 0x7ffu;
@@ -120,18 +138,7 @@ fn compact(v: u32) -> u32 {
     return x;
 }
 
-fn find_tile(t: u32) -> u32 {
-    // Position of tile t in tile_npix, or n_tiles when absent.
-    var lo = 0u;
-    var hi = params.n_tiles;
-    while (lo < hi) {
-        let mid = (lo + hi) / 2u;
-        if (tile_npix[mid] < t) { lo = mid + 1u; } else { hi = mid; }
-    }
-    if (lo < params.n_tiles && tile_npix[lo] == t) { return lo; }
-    return params.n_tiles;
-}
-
+""" + _WGSL_FIND_TILE + """
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x + gid.y * params.row_stride;
@@ -234,10 +241,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> flags: array<u32>;     // (rows*width): 1 = exact path
 @group(0) @binding(6) var<uniform> params: Params;
 
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
+""" + _WGSL_IS_NAN + """
 fn spread(v: u32) -> u32 {
     // The bits of v (< 2^16) at even positions.
     var x = v & 0x0000ffffu;
@@ -248,17 +252,7 @@ fn spread(v: u32) -> u32 {
     return x;
 }
 
-fn find_tile(t: u32) -> u32 {
-    var lo = 0u;
-    var hi = params.n_tiles;
-    while (lo < hi) {
-        let mid = (lo + hi) / 2u;
-        if (tile_npix[mid] < t) { lo = mid + 1u; } else { hi = mid; }
-    }
-    if (lo < params.n_tiles && tile_npix[lo] == t) { return lo; }
-    return params.n_tiles;
-}
-
+""" + _WGSL_FIND_TILE + """
 fn lattice_face(fm: i32, fp: i32) -> i32 {
     let d = fm - fp;
     if (d == 0) { return 4 + (fp & 3); }
